@@ -1,0 +1,3 @@
+from tjdkit.cli import main
+
+main()

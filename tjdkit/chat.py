@@ -1,0 +1,187 @@
+"""A multi-turn chat session over any causal LM, streaming text through a callback.
+
+The session owns the history and the prompt format; the caller owns the terminal.
+Ctrl-C during a reply ends that reply (the partial text stays in the history) and
+leaves the session usable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from tjdkit.config import GenerationSection
+from tjdkit.models.tiny import GEMMA_CHAT_TEMPLATE
+
+TextCallback = Callable[[str], None]
+
+
+@dataclass
+class Reply:
+    text: str
+    tokens: int
+    seconds: float
+    first_token_seconds: Optional[float]
+    interrupted: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """EOS plus Gemma's <end_of_turn>, so a chat reply ends where its turn does."""
+    ids: list[int] = []
+    candidates = [tokenizer.eos_token_id]
+    if model is not None:
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        candidates += configured if isinstance(configured, list) else [configured]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if end_of_turn is not None and end_of_turn != tokenizer.unk_token_id:
+        candidates.append(end_of_turn)
+    for token_id in candidates:
+        if isinstance(token_id, int) and token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+def resolve_format(requested: str, tokenizer, model_name: Optional[str] = None) -> str:
+    """Turn `auto` into template, raw (pretrained checkpoints) or gemma (Gemma's turns)."""
+    from tjdkit.errors import TjdkitError
+    from tjdkit.models.registry import registered
+
+    if requested == "template" and not tokenizer.chat_template:
+        raise TjdkitError("this tokenizer has no chat template (use --format gemma or --format raw)")
+    if requested != "auto":
+        return requested
+    if tokenizer.chat_template:
+        return "template"
+    info = registered(model_name) if model_name else None
+    return "raw" if info is not None and info.pretrained_only else "gemma"
+
+
+def render_prompt(tokenizer, messages: list[dict], chat_format: str = "template") -> str:
+    """Render chat turns with the tokenizer's template (`template`) or Gemma's format (`gemma`)."""
+    template = tokenizer.chat_template if chat_format == "template" else GEMMA_CHAT_TEMPLATE
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+    except Exception:  # noqa: BLE001 - templates that reject a system role raise jinja errors
+        if not messages or messages[0]["role"] != "system":
+            raise
+        system, first, *rest = messages
+        merged = {"role": first["role"], "content": f"{system['content']}\n\n{first['content']}"}
+        return tokenizer.apply_chat_template(
+            [merged, *rest], chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+
+
+def _make_streamer(tokenizer, on_text: TextCallback):
+    from transformers import TextStreamer
+
+    class _CallbackStreamer(TextStreamer):
+        """Decodes incrementally (never emitting half a UTF-8 character) and counts tokens."""
+
+        def __init__(self):
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.generated = 0
+            self.first_token_at: Optional[float] = None
+            self.pieces: list[str] = []
+
+        def put(self, value):
+            if not self.next_tokens_are_prompt:
+                self.generated += value.numel()
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+            super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            if text:
+                self.pieces.append(text)
+                on_text(text)
+
+    return _CallbackStreamer()
+
+
+class ChatSession:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        generation: Optional[GenerationSection] = None,
+        system: Optional[str] = None,
+        chat_format: str = "auto",
+        model_name: Optional[str] = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation = generation or GenerationSection()
+        self.system = system
+        self.format = resolve_format(chat_format, tokenizer, model_name)
+        self.history: list[dict] = []
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        if self.generation.seed is not None:
+            import torch
+
+            torch.manual_seed(self.generation.seed)
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def messages_for(self, user_text: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, *self.history, {"role": "user", "content": user_text}]
+
+    def encode(self, user_text: str):
+        """Token ids of the whole prompt; the oldest turns are dropped if it would not fit."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if self.format == "raw":
+            return self.tokenizer(user_text, return_tensors="pt").input_ids
+        while True:
+            text = render_prompt(self.tokenizer, self.messages_for(user_text), self.format)
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+            too_long = limit is not None and ids.shape[1] + self.generation.max_new_tokens > limit
+            if not too_long or not self.history:
+                return ids
+            del self.history[:2]
+
+    def reply(self, user_text: str, on_text: Optional[TextCallback] = None) -> Reply:
+        import torch
+        from transformers import GenerationConfig
+
+        input_ids = self.encode(user_text).to(self.model.device)
+        streamer = _make_streamer(self.tokenizer, on_text or (lambda _text: None))
+        g = self.generation
+        sampling = g.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=g.max_new_tokens,
+            do_sample=sampling,
+            temperature=g.temperature if sampling else None,
+            top_k=g.top_k if sampling else None,
+            top_p=g.top_p if sampling else None,
+            repetition_penalty=g.repetition_penalty,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
+        )
+        started = time.perf_counter()
+        interrupted = False
+        try:
+            with torch.inference_mode():
+                self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=config,
+                    streamer=streamer,
+                )
+        except KeyboardInterrupt:
+            interrupted = True
+        streamer.end()
+        seconds = time.perf_counter() - started
+        text = "".join(streamer.pieces)
+        text = text if self.format == "raw" else text.strip()
+        if self.format != "raw":
+            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
+        first = streamer.first_token_at - started if streamer.first_token_at else None
+        return Reply(text, streamer.generated, seconds, first, interrupted)

@@ -1,0 +1,122 @@
+"""Chat with a model: a streaming REPL, or one answer with --prompt."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from tjdkit.cli.common import RecipeOpt, SetOpt, load_model_with_progress, stderr
+
+HELP_LINE = "/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
+
+
+def chat(
+    recipe: RecipeOpt = None,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, directory, .gguf file or hub id."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Longest reply, in tokens."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 for greedy decoding."),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    chat_format: Optional[str] = typer.Option(
+        None, "--format", help="auto, template, gemma (turns) or raw (plain continuation)."
+    ),
+    raw: bool = typer.Option(False, "--raw", help="Same as --format raw."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer once and exit; '-' reads stdin."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    overrides: SetOpt = None,
+) -> None:
+    """Chat with a model: a streaming REPL, or one answer with --prompt."""
+    from tjdkit.config import ChatRecipe
+    from tjdkit.errors import TjdkitError
+    from tjdkit.recipes import load_recipe
+
+    flags = {
+        "model.name": model,
+        "model.dtype": dtype,
+        "model.device": device,
+        "generation.max_new_tokens": max_new_tokens,
+        "generation.temperature": temperature,
+        "generation.top_k": top_k,
+        "generation.top_p": top_p,
+        "generation.seed": seed,
+        "chat.system": system,
+        "chat.format": "raw" if raw else chat_format,
+    }
+    config = load_recipe(recipe or "chat", ChatRecipe, overrides or [], flags)
+    if prompt is not None:
+        prompt = sys.stdin.read() if prompt == "-" else prompt
+        if not prompt.strip():
+            raise TjdkitError("empty prompt")
+
+    from tjdkit.chat import ChatSession
+
+    loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
+    session = ChatSession(
+        loaded, tokenizer, config.generation, config.chat.system, config.chat.format, config.model.name
+    )
+    if prompt is not None:
+        _one_shot(session, prompt)
+    else:
+        _repl(session, config.model.name)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _stats_line(reply) -> str:
+    first = f" · first token {reply.first_token_seconds:.2f} s" if reply.first_token_seconds is not None else ""
+    stopped = " · stopped" if reply.interrupted else ""
+    return f"[dim]{reply.tokens} tokens · {reply.tokens_per_second:.1f} tok/s{first}{stopped}[/]"
+
+
+def _one_shot(session, prompt: str) -> None:
+    """The answer goes to stdout alone, so it can be piped; the stats line goes to stderr."""
+    reply = session.reply(prompt.strip(), on_text=_write)
+    _write("\n")
+    stderr().print(_stats_line(reply))
+    if reply.interrupted:
+        raise typer.Exit(130)
+
+
+def _repl(session, model_name: str) -> None:
+    try:
+        import readline  # noqa: F401 - line editing and history for input()
+    except ImportError:
+        pass
+    console = stderr()
+    console.print(f"[bold]tjdkit chat[/] · {model_name} · format {session.format} · [dim]{HELP_LINE}[/]")
+    if session.format == "raw":
+        console.print("[dim]raw format: each line is continued as plain text, without history "
+                      "(pretrained model; --format gemma for chat turns)[/]")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            _write("\n")
+            return
+        except KeyboardInterrupt:
+            _write("\n")
+            console.print("[dim](use /exit or Ctrl-D to leave)[/]")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            session.reset()
+            console.print("[dim]history cleared[/]")
+            continue
+        if text.startswith("/"):
+            console.print(f"[dim]unknown command {text}: {HELP_LINE}[/]")
+            continue
+        reply = session.reply(text, on_text=_write)
+        _write("\n")
+        console.print(_stats_line(reply))

@@ -1,0 +1,57 @@
+"""Options and helpers every subcommand shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from typing_extensions import Annotated
+
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name or path to a YAML file.")]
+SetOpt = Annotated[
+    Optional[List[str]],
+    typer.Option("--set", "-s", metavar="KEY.SUB=VALUE", help="Override any recipe key; repeatable."),
+]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this path.")]
+
+
+def stdout() -> Console:
+    return Console(highlight=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def write_json(path: Optional[Path], data: Any) -> None:
+    if path is None:
+        return
+    from tjdkit.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    stderr().print(f"[dim]wrote {path}[/]")
+
+
+def quiet_libraries() -> None:
+    """transformers' warnings and tqdm bars would interleave with our own display."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF de-quantiser's bar; read when tqdm is imported
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_model_with_progress(name: str, dtype: str = "auto", device: str = "auto", seed: int = 0):
+    """load_model with a spinner on stderr naming each slow stage (the first GGUF conversion)."""
+    from tjdkit.models import load_model
+    from tjdkit.ui.progress import stage_display
+
+    quiet_libraries()
+    with stage_display(stderr(), f"Loading {name}") as on_stage:
+        return load_model(name, dtype=dtype, device=device, seed=seed, on_stage=on_stage)

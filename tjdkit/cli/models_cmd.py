@@ -1,0 +1,62 @@
+"""Known models, their sizes and the conversion cache."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+
+from tjdkit.cli.common import JsonOpt, quiet_libraries, stderr, stdout, write_json
+
+app = typer.Typer(help="Known models and the conversion cache.", no_args_is_help=True)
+
+
+@app.command("ls")
+def list_(json_path: JsonOpt = None) -> None:
+    """Model names, sizes, and whether each is converted and cached."""
+    from tjdkit.models import cache_root
+    from tjdkit.models.catalog import catalog
+    from tjdkit.ui.progress import human_bytes, human_count
+
+    rows = catalog()
+    table = Table(title=f"models (cache: {cache_root()})")
+    for column in ("name", "aliases", "source", "params", "size", "cached"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        size = human_bytes(row.source_bytes) + " GGUF" if row.source_bytes else "-"
+        if row.cache_path:
+            cached = f"[green]yes[/] ({human_bytes(row.cache_bytes)})"
+        elif row.source_bytes:
+            cached = "[yellow]no[/] (`tjdkit models convert`)"
+        else:
+            cached = "-"
+        params = human_count(row.params) if row.params else "-"
+        table.add_row(row.name, ", ".join(row.aliases), row.source, params, size, cached)
+    stdout().print(table)
+    write_json(json_path, [row.to_dict() for row in rows])
+
+
+@app.command("convert")
+def convert(
+    name: str = typer.Argument(..., help="gemma3-270m (gemma3) or a path to a .gguf file."),
+    force: bool = typer.Option(False, "--force", help="Convert again even if cached."),
+) -> None:
+    """Convert a GGUF model once into the safetensors cache (later loads take seconds)."""
+    from tjdkit.errors import TjdkitError
+    from tjdkit.fileio import directory_size
+    from tjdkit.models import ensure_converted, resolve_model
+    from tjdkit.models.cache import entry_dir, is_complete
+    from tjdkit.ui.progress import human_bytes, stage_display
+
+    resolved = resolve_model(name)
+    if resolved.gguf is None:
+        raise TjdkitError(f"'{name}' is not a GGUF model: it loads directly, there is nothing to convert")
+    if is_complete(entry_dir(resolved.gguf)) and not force:
+        stdout().print(f"{name}: already cached at {entry_dir(resolved.gguf)} (use --force to convert again)")
+        return
+    quiet_libraries()
+    started = time.time()
+    with stage_display(stderr(), f"Converting {name}") as on_stage:
+        path = ensure_converted(resolved.gguf, force=force, on_stage=on_stage)
+    stdout().print(f"{name}: converted in {time.time() - started:.0f} s -> {path} ({human_bytes(directory_size(path))})")

@@ -1,0 +1,48 @@
+"""List, print and copy the recipes shipped with tjdkit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tjdkit.cli.common import JsonOpt, stdout, write_json
+
+app = typer.Typer(help="List, print and copy the named YAML recipes.", no_args_is_help=True)
+
+
+@app.command("ls")
+def list_(json_path: JsonOpt = None) -> None:
+    """List the shipped recipes and the command each one drives."""
+    from tjdkit.recipes import list_recipes
+
+    infos = list_recipes()
+    table = Table(title="recipes")
+    for column in ("name", "command", "description"):
+        table.add_column(column)
+    for info in infos:
+        table.add_row(info.name, info.command, info.description)
+    stdout().print(table)
+    write_json(json_path, [{"name": i.name, "command": i.command, "description": i.description, "path": str(i.path)} for i in infos])
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="Recipe name or path.")) -> None:
+    """Print a recipe's YAML."""
+    from tjdkit.recipes import recipe_text
+
+    typer.echo(recipe_text(name), nl=False)
+
+
+@app.command("cp")
+def copy(
+    name: str = typer.Argument(..., help="Recipe name or path."),
+    dest: Path = typer.Argument(..., help="Destination file or directory."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing file."),
+) -> None:
+    """Copy a recipe to edit it; pass the copy back with --recipe PATH."""
+    from tjdkit.recipes import copy_recipe
+
+    written = copy_recipe(name, dest, overwrite=force)
+    typer.echo(str(written))

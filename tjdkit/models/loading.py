@@ -1,0 +1,122 @@
+"""`load_model(name_or_path) -> (model, tokenizer)`, whatever the name refers to."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Optional
+from urllib.parse import urlparse
+
+from tjdkit.errors import TjdkitError
+from tjdkit.models.cache import ensure_converted
+from tjdkit.models.registry import ResolvedModel, resolve_model
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str = "auto") -> "Any":
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TjdkitError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TjdkitError(f"device '{device}' requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: Any = "auto", device: Any = None) -> "Any":
+    """float32 on CPU (fast matmuls, exact); bfloat16 on GPUs that support it."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device is not None and torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    name = aliases.get(str(dtype), str(dtype))
+    if name not in DTYPES:
+        raise TjdkitError(f"unknown dtype '{dtype}' (use auto, {', '.join(DTYPES)})")
+    return getattr(torch, name)
+
+
+def load_model(
+    name_or_path: str,
+    dtype: Any = "auto",
+    device: Any = "auto",
+    seed: int = 0,
+    on_stage: Optional[Callable[[str], None]] = None,
+):
+    """Load any model tjdkit knows, in eval mode, on `device`, with its tokenizer.
+
+    `seed` only matters for the tiny random presets. `on_stage` receives short status
+    texts during slow work (the one-time GGUF conversion).
+    """
+    resolved = resolve_model(name_or_path)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if resolved.kind == "tiny":
+        from tjdkit.models.tiny import build_tiny
+
+        model, tokenizer = build_tiny(resolved.target, seed=seed)
+        model = model.to(dtype=torch_dtype)
+    elif resolved.kind == "gguf":
+        directory = ensure_converted(resolved.gguf, on_stage=on_stage)
+        if on_stage:
+            on_stage("loading the converted model from the cache")
+        model, tokenizer = _from_pretrained(str(directory), torch_dtype)
+    elif resolved.kind == "directory":
+        model, tokenizer = _from_pretrained(resolved.target, torch_dtype)
+    else:
+        model, tokenizer = _from_hub(resolved, torch_dtype)
+    model = model.to(torch_device)
+    model.eval()
+    return model, tokenizer
+
+
+def _from_pretrained(source: str, torch_dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    return model, tokenizer
+
+
+def _from_hub(resolved: ResolvedModel, torch_dtype):
+    try:
+        return _from_pretrained(resolved.target, torch_dtype, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise TjdkitError(
+            f"unknown model '{resolved.requested}': not a tjdkit name (see `tjdkit models ls`), a local path, "
+            "or a Hugging Face id in the local cache, and the hub is unreachable (offline)"
+        )
+    try:
+        return _from_pretrained(resolved.target, torch_dtype)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TjdkitError(f"cannot load '{resolved.requested}' from the Hugging Face hub: {first_line}") from None
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds instead of retrying for ~30 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

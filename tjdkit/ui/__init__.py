@@ -1,0 +1,1 @@
+"""Rich renderers for the CLI. The core never imports this package."""
