@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tjdkit.data.stemp import render_answer, render_prompt
+
 # Gemma's turn format, used by the tiny Gemma/Llama tokenizers and as the chat fallback.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -32,20 +34,10 @@ Hello! How are you today? I am fine, thank you. What can I help you with?
 """
 
 
-def _stemp_line(celsius: int) -> str:
-    fahrenheit = celsius * 9 / 5 + 32
-    return (
-        f"[QUESTION]\nWhat is {celsius}°C in Fahrenheit?\n[ANSWER]\n"
-        "Let's solve this step by step:\n"
-        "1) To convert Celsius to Fahrenheit, use the formula: °F = (°C x 9/5) + 32\n"
-        f"2) Plugging in {celsius}°C:\n   °F = ({celsius} x 9/5) + 32\n   °F = {fahrenheit:g}\n\n####\n{fahrenheit:g}"
-    )
-
-
 def tokenizer_corpus() -> list[str]:
     """Deterministic training text: English, chat turns and the stemp task's vocabulary."""
     lines = _ENGLISH.splitlines()
-    lines += [_stemp_line(c) for c in range(-40, 81)]
+    lines += [render_prompt(c) + render_answer(c) for c in range(-40, 81)]
     lines += ["<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\nHi there!<end_of_turn>"]
     return lines * 2
 
