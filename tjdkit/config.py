@@ -48,3 +48,75 @@ class ChatRecipe:
     model: ModelSection = field(default_factory=ModelSection)
     generation: GenerationSection = field(default_factory=GenerationSection)
     chat: ChatSection = field(default_factory=ChatSection)
+
+
+HeadName = Literal["stp", "multihead", "cp", "mps"]
+Positivity = Literal["none", "exp", "safe_exp", "sigmoid", "relu", "sq", "abs"]
+
+
+@dataclass
+class HeadSection:
+    name: HeadName = "cp"
+    rank: int = field(default=4, metadata={"min": 1})
+    horizon: int = field(default=4, metadata={"min": 1, "max": 16})
+    positivity: Positivity = "none"
+    # Size of each component's embedding before the shared decoder; null = hidden size.
+    embedding_dim: Optional[int] = field(default=None, metadata={"min": 1})
+    # Decode over the K most frequent tokens of the training data only (cheap on 262k vocabularies).
+    draft_vocab: Optional[int] = field(default=None, metadata={"min": 2})
+    # Start the shared decoder from the model's own lm_head, so a fresh head is close to the base model.
+    init_from_lm_head: bool = True
+    freeze_decoder: bool = False
+
+
+BackboneMode = Literal["frozen", "last_layer", "lora", "full"]
+
+
+@dataclass
+class BackboneSection:
+    # frozen: features computed once and cached; last_layer: also train the last block;
+    # lora: low-rank adapters (peft); full: every weight.
+    mode: BackboneMode = "frozen"
+    lora_rank: int = field(default=8, metadata={"min": 1})
+    # Weight of the base next-token loss while the backbone trains (keeps plain decoding working).
+    lm_loss_weight: float = field(default=1.0, metadata={"min": 0.0})
+
+
+@dataclass
+class DataSection:
+    dataset: Literal["stemp", "sharegpt", "gsm8k"] = "stemp"
+    train_size: Optional[int] = field(default=None, metadata={"min": 1})
+    eval_size: Optional[int] = field(default=None, metadata={"min": 1})
+    max_length: int = field(default=256, metadata={"min": 8})
+    # Train on the base model's own greedy continuations (maximises acceptance when verifying).
+    self_distill: bool = False
+    seed: int = 0
+
+
+@dataclass
+class TrainSection:
+    epochs: int = field(default=1, metadata={"min": 1})
+    max_steps: Optional[int] = field(default=None, metadata={"min": 1})
+    batch_size: int = field(default=8, metadata={"min": 1})
+    lr: float = field(default=1e-3, metadata={"gt": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0})
+    # One random offset and every H-th position (TJDNet's memory-efficient loss).
+    memory_efficient_loss: bool = False
+    eval_every: int = field(default=200, metadata={"min": 1})
+    save_every: int = field(default=200, metadata={"min": 1})
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+
+
+@dataclass
+class TrainRecipe:
+    command: ClassVar[str] = "train"
+    description: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    head: HeadSection = field(default_factory=HeadSection)
+    backbone: BackboneSection = field(default_factory=BackboneSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    out: Optional[str] = None

@@ -1,0 +1,56 @@
+"""Training windows for joint heads: the hidden state at t and the H tokens after it.
+
+A head trained on window (t, x_{t+1..t+H}) learns p(x_{t+1..t+H} | h_t). Only windows
+whose H targets are all real tokens count; the memory-efficient variant keeps one
+random offset and every H-th position (TJDNet), which cuts the work by H.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Windows:
+    batch: torch.Tensor  # [N] which sequence
+    position: torch.Tensor  # [N] t, the position whose hidden state predicts
+    targets: torch.Tensor  # [N, H] x_{t+1..t+H}
+
+
+def make_windows(
+    input_ids: torch.Tensor,  # [B, T]
+    attention_mask: torch.Tensor,  # [B, T], right padding
+    horizon: int,
+    first_position: Optional[torch.Tensor] = None,  # [B] earliest t to keep (e.g. the answer start - 1)
+    every: int = 1,
+    offset: int = 0,
+) -> Windows:
+    B, T = input_ids.shape
+    lengths = attention_mask.sum(dim=1)  # [B]
+    t = torch.arange(T, device=input_ids.device).expand(B, T)  # [B, T]
+    keep = t + horizon < lengths[:, None]  # all H targets are real tokens
+    if first_position is not None:
+        keep &= t >= first_position[:, None]
+    if every > 1:
+        keep &= (t % every) == (offset % every)
+    batch, position = keep.nonzero(as_tuple=True)  # [N], [N]
+    steps = torch.arange(1, horizon + 1, device=input_ids.device)  # [H]
+    targets = input_ids[batch[:, None], position[:, None] + steps]  # [N, H]
+    return Windows(batch, position, targets)
+
+
+def last_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's final (normed) hidden states [B, T, D]: what `lm_head` sees."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def base_window_nll(logits: torch.Tensor, windows: Windows) -> torch.Tensor:
+    """-log p_base(x_{t+1..t+H}) under the base model's own chain rule, per window [N]."""
+    horizon = windows.targets.shape[1]
+    steps = torch.arange(horizon, device=logits.device)
+    step_logits = logits[windows.batch[:, None], windows.position[:, None] + steps]  # [N, H, V]
+    log_probs = torch.log_softmax(step_logits.float(), dim=-1)
+    return -log_probs.gather(-1, windows.targets[..., None]).squeeze(-1).sum(dim=1)
