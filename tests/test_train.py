@@ -86,3 +86,13 @@ def test_schedule_warms_up_then_decays():
 def test_unavailable_dataset_is_a_user_error(tmp_path):
     with pytest.raises(TjdkitError, match="not available"):
         train(recipe(data={"dataset": "gsm8k"}), tmp_path / "run")
+
+
+def test_memory_efficient_batches_keep_every_hth_position_of_each_example():
+    from tjdkit.train import _feature_batch
+
+    features = [(torch.arange(5.0)[:, None], torch.arange(5)[:, None]), (torch.arange(7.0)[:, None], torch.arange(7)[:, None])]
+    hidden, targets = _feature_batch(features, [0, 1], every=3, offset=1)
+    assert targets.squeeze(1).tolist() == [1, 4, 1, 4]
+    hidden, targets = _feature_batch(features, [0, 1], every=1, offset=0)
+    assert len(targets) == 12

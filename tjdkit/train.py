@@ -219,7 +219,7 @@ def train(recipe: TrainRecipe, run_dir: Path, model=None, tokenizer=None, on_eve
             every = horizon if t.memory_efficient_loss else 1
             head.train()
             if features is not None:
-                hidden, targets = _feature_batch(features, batch_index, every, offset, horizon)
+                hidden, targets = _feature_batch(features, batch_index, every, offset)
                 loss = window_loss(raw_head, hidden.to(model.device).float(), targets.to(model.device))
             else:
                 model.train()
@@ -271,13 +271,10 @@ def _cache_features(model, examples, horizon, batch_size, pad_id, emit) -> list[
     return cached
 
 
-def _feature_batch(features, batch_index, every, offset, horizon):
-    hidden = torch.cat([features[i][0] for i in batch_index])
-    targets = torch.cat([features[i][1] for i in batch_index])
-    if every > 1:
-        keep = (torch.arange(hidden.shape[0]) % every) == (offset % every)
-        hidden, targets = hidden[keep], targets[keep]
-    return hidden, targets
+def _feature_batch(features, batch_index, every, offset):
+    """Concatenate cached windows; row j of an example is position j, so `every` selects by position."""
+    parts = [(hidden[offset % every :: every], targets[offset % every :: every]) for hidden, targets in (features[i] for i in batch_index)]
+    return torch.cat([hidden for hidden, _ in parts]), torch.cat([targets for _, targets in parts])
 
 
 def _save_head(head, recipe: TrainRecipe, directory: Path, trained_backbone, tokenizer) -> None:
