@@ -16,6 +16,7 @@ drafting with the true conditionals). The base class maps to and from global tok
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -28,7 +29,7 @@ from tjdkit.heads.positivity import POSITIVITY, log_factors
 DraftVocab = Union[int, Tensor, Sequence[int], None]
 
 
-class JointHead(nn.Module):
+class JointHead(nn.Module, metaclass=abc.ABCMeta):
     """Base class: p(y_1..y_H | hidden) with exact `log_prob` and conditional-exact `draft`.
 
     Args:
@@ -112,17 +113,17 @@ class JointHead(nn.Module):
     def _check_structure(self) -> None:
         """Raise TjdkitError when (rank, horizon) do not suit the head."""
 
+    @abc.abstractmethod
     def num_components(self) -> int:
         """How many (rank, position) components have their own projection."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _log_prob_local(self, hidden: Tensor, local: Tensor) -> Tensor:
         """hidden [B, D], local [B, H] in 0..K-1 -> exact log p [B] (compute dtype)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _draft_local(self, hidden: Tensor, pick) -> tuple[Tensor, Tensor]:
         """hidden [B, D] -> (local tokens [B, H], q [B, H, K]); `pick(log_u [B, K])` chooses a token."""
-        raise NotImplementedError
 
     # ---- configuration -----------------------------------------------------------------
 
