@@ -88,12 +88,10 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
     h = recipe.head
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     hidden_size, vocab_size = config.hidden_size, model.get_output_embeddings().weight.shape[0]
-    if h.name == "stp" and h.horizon != 1:
-        raise TjdkitError(f"the stp head predicts one token: horizon must be 1, got {h.horizon}")
     lm_head = model.get_output_embeddings().weight.detach().float() if h.init_from_lm_head else None
     if lm_head is not None and (h.embedding_dim or hidden_size) != hidden_size:
         lm_head = None
-    head = build_head(
+    return build_head(
         h.name,
         hidden_size=hidden_size,
         vocab_size=vocab_size,
@@ -105,7 +103,6 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
         lm_head_weight=lm_head,
         freeze_decoder=h.freeze_decoder,
     )
-    return head
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -126,6 +123,11 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return warm * max(0.0, 1.0 - step / max(total, 1))
 
 
+def window_hidden(out, windows) -> torch.Tensor:
+    """The final hidden state at each window's position [N, D], from a forward with output_hidden_states."""
+    return out.hidden_states[-1][windows.batch, windows.position].float()
+
+
 def window_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean -log p(window) / H over windows whose targets the head can represent."""
     keep = head.in_vocab(targets).all(dim=1)
@@ -144,7 +146,7 @@ def evaluate_nll(model, head, examples: list[Example], horizon: int, batch_size:
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             windows = make_windows(ids, mask, horizon, first)
             keep = head.in_vocab(windows.targets).all(dim=1)
-            hidden = out.hidden_states[-1][windows.batch, windows.position].float()
+            hidden = window_hidden(out, windows)
             head_total += -head.log_prob(hidden[keep], windows.targets[keep]).sum().item()
             base_total += base_window_nll(out.logits, windows)[keep].sum().item()
             count += int(keep.sum()) * horizon
@@ -158,7 +160,6 @@ def train(recipe: TrainRecipe, run_dir: Path, model=None, tokenizer=None, on_eve
     emit = on_event or (lambda _event: None)
     t = recipe.train
     torch.manual_seed(t.seed)
-    random.seed(t.seed)
     if model is None:
         from tjdkit.models import load_model
 
@@ -227,7 +228,7 @@ def train(recipe: TrainRecipe, run_dir: Path, model=None, tokenizer=None, on_eve
                 ids, mask = ids.to(model.device), mask.to(model.device)
                 out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), output_hidden_states=True)
                 windows = make_windows(ids, mask, horizon, every=every, offset=offset)
-                hidden = out.hidden_states[-1][windows.batch, windows.position].float()
+                hidden = window_hidden(out, windows)
                 loss = window_loss(raw_head, hidden, windows.targets) + recipe.backbone.lm_loss_weight * out.loss
                 targets = windows.targets
             optimizer.zero_grad(set_to_none=True)
