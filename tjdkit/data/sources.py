@@ -1,0 +1,41 @@
+"""One entry point for every dataset: `dataset_rows(name, split, ...)`.
+
+Every source yields rows with exactly the keys prompt, answer, text (= prompt + answer)
+and target (a float, or None where the data has no numeric answer).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+from tjdkit.errors import TjdkitError
+
+DATASETS = ("stemp", "sharegpt", "gsm8k")
+
+
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The splits a dataset offers."""
+    if name not in DATASETS:
+        raise TjdkitError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+    return tuple(importlib.import_module(f"tjdkit.data.{name}").SPLITS)
+
+
+def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None) -> list[dict]:
+    """Rows of one split; `tokenizer` renders chat data with its template (stemp and gsm8k ignore it)."""
+    splits = dataset_splits(name)
+    if split not in splits:
+        raise TjdkitError(f"unknown split '{split}' for {name} (known: {', '.join(splits)})")
+    if size is not None and size < 0:
+        raise TjdkitError(f"size must be >= 0, got {size}")
+    if name == "stemp":
+        from tjdkit.data.stemp import stemp_rows
+
+        return stemp_rows(split, size, seed)
+    if name == "sharegpt":
+        from tjdkit.data.sharegpt import sharegpt_rows
+
+        return sharegpt_rows(split, size, seed, tokenizer)
+    from tjdkit.data.gsm8k import gsm8k_rows
+
+    return gsm8k_rows(split, size, seed)
