@@ -1,17 +1,19 @@
-"""The training loop on tiny models: heads learn, runs are written completely."""
+"""The training loop on tiny models: heads learn, runs are complete, resume is exact."""
 
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tjdkit.config import TrainRecipe
+from tjdkit.data.examples import Example, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
 from tjdkit.heads import build_head
 from tjdkit.models import load_model
 from tjdkit.recipes import from_mapping
-from tjdkit.train import evaluate_nll, frequent_token_ids, load_examples, lr_factor, train
+from tjdkit.runs import load_run
+from tjdkit.evaluate import evaluate_nll
+from tjdkit.train import _feature_batch, lr_factor, train
 
 
 def recipe(**sections):
@@ -19,7 +21,7 @@ def recipe(**sections):
         "model": {"name": "tiny-llama"},
         "head": {"name": "cp", "rank": 2, "horizon": 2, "draft_vocab": 128},
         "data": {"train_size": 64, "eval_size": 16},
-        "train": {"max_steps": 24, "batch_size": 8, "lr": 3e-3, "eval_every": 12},
+        "train": {"max_steps": 24, "batch_size": 8, "lr": 3e-3, "eval_every": 12, "save_every": 12},
     }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
@@ -31,46 +33,120 @@ def test_frozen_training_beats_the_untrained_head(tmp_path):
     model, tokenizer = load_model("tiny-llama")
     result = train(r, tmp_path / "run", model, tokenizer)
     assert result.steps == 24
-    head_config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
-    assert head_config["backbone_weights"] == "base"
-    trained = build_head(**head_config["head"])
-    trained.load_state_dict(load_file(tmp_path / "run" / "best" / "head.safetensors"))
-    untrained = build_head(**{**head_config["head"]})
-    untrained.set_vocab_ids(trained.vocab_ids)
-    untrained.decoder.weight.data.copy_(model.lm_head.weight[trained.vocab_ids])
-    examples = load_examples(r, tokenizer, "eval")
+    run = load_run(tmp_path / "run")
+    assert run.info["backbone_weights"] == "base" and run.info["step"] == 24
+    untrained = build_head(**run.head.config())
+    untrained.set_vocab_ids(run.head.vocab_ids)
+    untrained.decoder.weight.data.copy_(model.lm_head.weight[run.head.vocab_ids])
+    examples = load_examples(r.data, tokenizer, "eval")
     pad = tokenizer.pad_token_id
-    trained_nll, base_nll = evaluate_nll(model, trained, examples, 2, 8, pad)
-    untrained_nll, _ = evaluate_nll(model, untrained, examples, 2, 8, pad)
+    trained_nll, base_nll = evaluate_nll(run.model, run.head, examples, 8, pad)
+    untrained_nll, _ = evaluate_nll(model, untrained, examples, 8, pad)
     assert trained_nll == pytest.approx(result.eval_nll, rel=1e-4)
     assert trained_nll < untrained_nll - 1.0  # nats per token (24 steps: ~2.9 vs ~4.9)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 24 and "eval_nll" in lines[11] and lines[-1]["loss"] < lines[0]["loss"]
+    assert [line["step"] for line in lines] == list(range(1, 25))
+    assert "eval_nll" in lines[11] and lines[-1]["loss"] < lines[0]["loss"]
     assert (tmp_path / "run" / "recipe.yaml").read_text().startswith("command: train")
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
 
 
-def test_full_mode_trains_the_backbone_and_saves_it(tmp_path):
+def test_full_mode_trains_the_backbone_and_the_run_loads_it_back(tmp_path):
     model, tokenizer = load_model("tiny-llama")
     r = recipe(backbone={"mode": "full"})
     probe = build_head("stp", hidden_size=64, vocab_size=len(tokenizer), lm_head_weight=model.lm_head.weight.detach(), init_noise=0.0)
-    _, base_before = evaluate_nll(model, probe, load_examples(r, tokenizer, "eval"), 1, 8, tokenizer.pad_token_id)
-    before = model.lm_head.weight.detach().clone()
+    _, base_before = evaluate_nll(model, probe, load_examples(r.data, tokenizer, "eval"), 8, tokenizer.pad_token_id)
     result = train(r, tmp_path / "run", model, tokenizer)
-    assert not torch.equal(before, model.lm_head.weight)
     assert result.base_eval_nll < base_before - 1.0  # the backbone learned the task too
-    assert result.eval_nll < base_before - 1.0
-    saved = tmp_path / "run" / "last"
-    assert json.loads((saved / "config.json").read_text())["backbone_weights"] == "backbone"
-    reloaded, _ = load_model(str(saved / "backbone"))
+    run = load_run(tmp_path / "run", "last")
+    assert run.info["backbone_weights"] == "backbone.safetensors"
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
-        assert torch.allclose(reloaded(ids).logits, model(ids).logits, atol=1e-5)
+        assert torch.allclose(run.model(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_last_layer_mode_trains_only_the_last_block(tmp_path):
+    model, tokenizer = load_model("tiny-llama")
+    first_block = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    last_block = model.model.layers[-1].self_attn.q_proj.weight.detach().clone()
+    train(recipe(backbone={"mode": "last_layer"}, train={"max_steps": 4}), tmp_path / "run", model, tokenizer)
+    assert torch.equal(first_block, model.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(last_block, model.model.layers[-1].self_attn.q_proj.weight)
+    run = load_run(tmp_path / "run", "last")
+    assert torch.equal(run.model.model.layers[-1].self_attn.q_proj.weight, model.model.layers[-1].self_attn.q_proj.weight)
+
+
+def test_lora_mode_saves_an_adapter_that_loads_back(tmp_path):
+    model, tokenizer = load_model("tiny-llama")
+    train(recipe(backbone={"mode": "lora", "lora_rank": 4}, train={"max_steps": 6, "lr": 1e-2}), tmp_path / "run", model, tokenizer)
+    assert (tmp_path / "run" / "last" / "adapter").is_dir()
+    run = load_run(tmp_path / "run", "last")
+    fresh, _ = load_model("tiny-llama")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert not torch.allclose(run.model(ids).logits, fresh(ids).logits)  # the adapter changed the model
+        assert torch.allclose(run.model(ids).logits, model(ids).logits, atol=1e-5)  # ... into the trained one
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, mode):
+    r = recipe(backbone={"mode": mode}, train={"max_steps": 12, "save_every": 4, "eval_every": 4, "memory_efficient_loss": True})
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_6(event):
+        if event["kind"] == "step" and event["step"] == 6:
+            raise Killed
+
+    model, tokenizer = load_model("tiny-llama")
+    with pytest.raises(Killed):
+        train(r, tmp_path / "killed", model, tokenizer, on_event=kill_at_step_6)
+    assert json.loads((tmp_path / "killed" / "last" / "checkpoint.json").read_text())["step"] == 4
+    model, tokenizer = load_model("tiny-llama")
+    resumed = train(r, tmp_path / "killed", model, tokenizer, resume=True)
+    assert resumed.resumed_from == 4 and resumed.steps == 12
+    model, tokenizer = load_model("tiny-llama")
+    train(r, tmp_path / "straight", model, tokenizer)
+    a, b = load_run(tmp_path / "killed", "last"), load_run(tmp_path / "straight", "last")
+    for (name, x), (_, y) in zip(a.head.state_dict().items(), b.head.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the steps after the checkpoint were rewritten, not duplicated
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(TjdkitError, match="nothing to resume"):
+        train(recipe(), tmp_path / "empty", resume=True)
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    model, tokenizer = load_model("tiny-llama")
+    train(recipe(train={"max_steps": 2}), tmp_path / "run", model, tokenizer)
+    (tmp_path / "run" / "last" / "head.safetensors").write_bytes(b"garbage")
+    with pytest.raises(TjdkitError, match="corrupt"):
+        load_run(tmp_path / "run", "last")
+    (tmp_path / "run" / "last" / "trainer_state.pt").write_bytes(b"garbage")
+    with pytest.raises(TjdkitError, match="corrupt"):
+        train(recipe(train={"max_steps": 2}), tmp_path / "run", model, tokenizer, resume=True)
+
+
+def test_self_distill_targets_are_the_models_own_greedy_continuations():
+    model, tokenizer = load_model("tiny-llama")
+    examples = load_examples(recipe().data, tokenizer, "eval")[:3]
+    distilled = self_distill(model, tokenizer, examples, batch_size=2)
+    for original, new in zip(examples, distilled):
+        prompt = original.input_ids[: original.prompt_length]
+        assert new.input_ids[: new.prompt_length] == prompt
+        budget = len(original.input_ids) - original.prompt_length
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            expected = model.generate(ids, max_new_tokens=budget, do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        assert new.input_ids == expected[0].tolist()[: len(new.input_ids)]
+        assert len(new.input_ids) <= len(original.input_ids)
 
 
 def test_frequent_tokens_rank_by_count_and_keep_eos():
-    from tjdkit.train import Example
-
     examples = [Example([5, 5, 5, 7, 7, 9], 1), Example([7, 5], 1)]
     assert frequent_token_ids(examples, 2, [1]).tolist() == [1, 5]
     assert frequent_token_ids(examples, 4, [1]).tolist() == [1, 5, 7, 9]
@@ -83,16 +159,20 @@ def test_schedule_warms_up_then_decays():
     assert lr_factor(100, 0, 100) == 0.0
 
 
-def test_unavailable_dataset_is_a_user_error(tmp_path):
-    with pytest.raises(TjdkitError, match="not available"):
-        train(recipe(data={"dataset": "gsm8k"}), tmp_path / "run")
-
-
 def test_memory_efficient_batches_keep_every_hth_position_of_each_example():
-    from tjdkit.train import _feature_batch
-
     features = [(torch.arange(5.0)[:, None], torch.arange(5)[:, None]), (torch.arange(7.0)[:, None], torch.arange(7)[:, None])]
-    hidden, targets = _feature_batch(features, [0, 1], every=3, offset=1)
+    _, targets = _feature_batch(features, [0, 1], every=3, offset=1)
     assert targets.squeeze(1).tolist() == [1, 4, 1, 4]
-    hidden, targets = _feature_batch(features, [0, 1], every=1, offset=0)
+    _, targets = _feature_batch(features, [0, 1], every=1, offset=0)
     assert len(targets) == 12
+
+
+@pytest.mark.parametrize("dataset", ["stemp", "sharegpt"])
+def test_examples_start_with_exactly_one_bos(dataset):
+    from tjdkit.config import DataSection
+
+    _, tokenizer = load_model("tiny-llama")
+    examples = load_examples(DataSection(dataset=dataset, train_size=3, max_length=64), tokenizer, "train")
+    for example in examples:
+        assert example.input_ids[0] == tokenizer.bos_token_id != example.input_ids[1]
+        assert 0 < example.prompt_length <= len(example.input_ids) <= 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 _ANSWER = re.compile(r"####\s*([-+]?\$?\s*[\d,]*\.?\d+(?:[eE][-+]?\d+)?)")
 
@@ -24,3 +24,104 @@ def extract_answer(text: str) -> Optional[float]:
 def is_correct(generated: str, target: float, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:
     value = extract_answer(generated)
     return value is not None and math.isclose(value, float(target), rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def window_hidden(out, windows):
+    """The final hidden state at each window's position [N, D], from a forward with output_hidden_states."""
+    return out.hidden_states[-1][windows.batch, windows.position].float()
+
+
+def evaluate_nll(model, head, examples, batch_size: int, pad_id: int) -> tuple[Optional[float], float]:
+    """Per-token NLL on the answers' windows: the head's, and the base model's by the chain rule.
+
+    Without a head (a plain model) only the base NLL is computed, over single tokens.
+    """
+    import torch
+
+    from tjdkit.data.examples import collate
+    from tjdkit.windows import base_window_nll, make_windows
+
+    horizon = head.horizon if head is not None else 1
+    head_total, base_total, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            ids, mask, first = collate(examples[start : start + batch_size], pad_id)
+            ids, mask, first = ids.to(model.device), mask.to(model.device), first.to(model.device)
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=head is not None)
+            windows = make_windows(ids, mask, horizon, first)
+            keep = head.in_vocab(windows.targets).all(dim=1) if head is not None else torch.ones_like(windows.batch, dtype=torch.bool)
+            if head is not None:
+                head_total += -head.log_prob(window_hidden(out, windows)[keep], windows.targets[keep]).sum().item()
+            base_total += base_window_nll(out.logits, windows)[keep].sum().item()
+            count += int(keep.sum()) * horizon
+    head_nll = head_total / max(count, 1) if head is not None else None
+    return head_nll, base_total / max(count, 1)
+
+
+def evaluate(
+    model,
+    tokenizer,
+    head=None,
+    dataset: str = "stemp",
+    limit: int = 100,
+    modes: tuple[str, ...] = ("ar", "draft"),
+    max_new_tokens: int = 128,
+    split: str = "test",
+    on_progress: Optional[Callable[[str, int, int], None]] = None,
+) -> dict:
+    """Accuracy per decoding mode, per-token NLL (head vs base) and draft acceptance, in one run.
+
+    Acceptance is measured along the model's own greedy output: at each step the head
+    drafts H tokens and the matching prefix is what greedy verification would accept.
+    """
+    import torch
+
+    from tjdkit.config import DataSection
+    from tjdkit.data.examples import load_examples
+    from tjdkit.decoding import acceptance, generate
+
+    report = on_progress or (lambda _stage, _done, _total: None)
+    examples = load_examples(DataSection(dataset=dataset, eval_size=limit, max_length=4096), tokenizer, split)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    head_nll, base_nll = evaluate_nll(model, head, examples, 8, pad)
+    result: dict = {"dataset": dataset, "split": split, "examples": len(examples), "nll": {"base": base_nll}}
+    if head is not None:
+        result["nll"]["head"] = head_nll
+        result["head"] = head.config()
+    eos = [tokenizer.eos_token_id]
+    greedy_outputs: list[list[int]] = []
+    result["modes"] = {}
+    for mode in modes:
+        correct, tokens, forwards, seconds = 0, 0, 0, 0.0
+        for index, example in enumerate(examples):
+            prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
+            with torch.no_grad():
+                new, stats = generate(model, prompt, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+            if mode == "ar":
+                greedy_outputs.append(new)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            correct += example.target is not None and is_correct(text, example.target)
+            tokens, forwards, seconds = tokens + stats.new_tokens, forwards + stats.decode_forwards, seconds + stats.seconds
+            report(mode, index + 1, len(examples))
+        scored = any(example.target is not None for example in examples)
+        result["modes"][mode] = {
+            "accuracy": correct / len(examples) if scored and examples else None,
+            "tokens_per_forward": tokens / max(forwards, 1),
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "new_tokens": tokens,
+        }
+    if head is not None and greedy_outputs:
+        accepted: list[int] = []
+        for example, continuation in zip(examples, greedy_outputs):
+            prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
+            if continuation:
+                accepted += acceptance(model, head, prompt, continuation).accepted
+        horizon = head.horizon
+        result["acceptance"] = {
+            "steps": len(accepted),
+            "mean_accepted": sum(accepted) / max(len(accepted), 1),
+            "tokens_per_step": sum(a + 1 for a in accepted) / max(len(accepted), 1),
+            # P(the first k drafted tokens are all accepted), k = 1..H
+            "by_position": [sum(a >= k for a in accepted) / max(len(accepted), 1) for k in range(1, horizon + 1)],
+        }
+    return result

@@ -1,9 +1,11 @@
 """One training loop for joint heads, on accelerate.
 
-frozen backbone: hidden states are computed once per example and kept, so every epoch
-after the first costs only the head. last_layer / full: the backbone trains too, with
-the base next-token loss beside the head's, so plain decoding keeps working.
-The run directory is written as it goes (metrics.jsonl) and checkpoints are atomic.
+frozen: the backbone's hidden states are computed once and kept in memory, so every
+epoch after the first costs only the head. last_layer,
+lora, full: the backbone trains too, with its own next-token loss beside the head's, so
+plain decoding keeps working. Data order and loss offsets are functions of (seed,
+epoch, step), so a run resumed from its last checkpoint continues exactly where the
+killed one was. `accelerate launch -m tjdkit train ...` shards each batch over processes.
 """
 
 from __future__ import annotations
@@ -12,82 +14,33 @@ import json
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch.nn as nn
 
 from tjdkit.config import TrainRecipe
+from tjdkit.data.examples import Example, collate, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
-from tjdkit.fileio import atomic_directory, atomic_write_text
+from tjdkit.evaluate import evaluate_nll, window_hidden
+from tjdkit.fileio import atomic_write_text
 from tjdkit.recipes import dump_recipe
-from tjdkit.windows import base_window_nll, last_hidden, make_windows
+from tjdkit.runs import TRAINER_STATE, save_checkpoint
+from tjdkit.windows import last_hidden, make_windows
 
 EventCallback = Optional[Callable[[dict], None]]
 
 
-# -- data -----------------------------------------------------------------------------
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    prompt_length: int  # tokens before the answer starts
-    target: Optional[float] = None
-
-
-def load_examples(recipe: TrainRecipe, tokenizer, split: str) -> list[Example]:
-    """Tokenised examples of the recipe's dataset (stemp for now), truncated to max_length."""
-    data = recipe.data
-    if data.dataset != "stemp":
-        raise TjdkitError(f"dataset '{data.dataset}' is not available for training yet (use stemp)")
-    from tjdkit.data.stemp import stemp_rows
-
-    size = data.train_size if split == "train" else data.eval_size
-    examples = []
-    for row in stemp_rows(split, size, data.seed):
-        prompt_ids = tokenizer(row["prompt"]).input_ids
-        answer_ids = tokenizer(row["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        ids = (prompt_ids + answer_ids)[: data.max_length]
-        examples.append(Example(ids, len(prompt_ids), row["target"]))
-    return examples
-
-
-def frequent_token_ids(examples: list[Example], k: int, always: list[int]) -> torch.Tensor:
-    """The k most frequent tokens of the training data (ties by id), always including `always`."""
-    counts = Counter(token for example in examples for token in example.input_ids)
-    ranked = [token for token, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
-    chosen = list(dict.fromkeys([*always, *ranked]))[:k]
-    used = set(chosen)
-    filler = (token for token in range(k * 4 + max(chosen, default=0) + 1) if token not in used)
-    while len(chosen) < k:  # tiny datasets: pad with unused ids so the subset has k entries
-        chosen.append(next(filler))
-    return torch.tensor(sorted(chosen), dtype=torch.long)
-
-
-def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids [B, T], attention mask [B, T], answer start - 1 [B]."""
-    width = max(len(example.input_ids) for example in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
-        mask[row, : len(example.input_ids)] = 1
-    first = torch.tensor([max(example.prompt_length - 1, 0) for example in examples])
-    return ids, mask, first
-
-
-# -- the head on its model ------------------------------------------------------------------
+# -- the head on its model --------------------------------------------------------------
 
 
 def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]):
     from tjdkit.heads import build_head
 
     h = recipe.head
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    hidden_size, vocab_size = config.hidden_size, model.get_output_embeddings().weight.shape[0]
+    hidden_size, vocab_size = model.get_output_embeddings().weight.shape[1], model.get_output_embeddings().weight.shape[0]
     lm_head = model.get_output_embeddings().weight.detach().float() if h.init_from_lm_head else None
     if lm_head is not None and (h.embedding_dim or hidden_size) != hidden_size:
         lm_head = None
@@ -105,27 +58,40 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
     )
 
 
-# -- the loop -------------------------------------------------------------------------------
+def prepare_backbone(model, mode: str, lora_rank: int):
+    """Set which backbone weights train; lora wraps the model with peft adapters."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(mode == "full")
+    if mode == "last_layer":
+        blocks = getattr(model.base_model, "layers", None) or getattr(model.base_model, "h", None)
+        if blocks is None:
+            raise TjdkitError(f"backbone mode last_layer: cannot find the blocks of {type(model).__name__}")
+        for parameter in blocks[-1].parameters():
+            parameter.requires_grad_(True)
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", lora_dropout=0.0)
+        model = get_peft_model(model, config)
+    return model
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    eval_nll: Optional[float]  # head, per token, best checkpoint
-    base_eval_nll: Optional[float]  # the base model on the same windows
-    history: list = field(default_factory=list)
+class JointLoss(nn.Module):
+    """Backbone + head in one module, so DDP syncs the gradients of both."""
 
+    def __init__(self, model, head, lm_loss_weight: float):
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.lm_loss_weight = lm_loss_weight
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then linear decay to zero at the last step."""
-    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    return warm * max(0.0, 1.0 - step / max(total, 1))
-
-
-def window_hidden(out, windows) -> torch.Tensor:
-    """The final hidden state at each window's position [N, D], from a forward with output_hidden_states."""
-    return out.hidden_states[-1][windows.batch, windows.position].float()
+    def forward(self, hidden=None, targets=None, ids=None, mask=None, every: int = 1, offset: int = 0):
+        if hidden is not None:  # frozen: cached features
+            return window_loss(self.head, hidden, targets), targets.numel()
+        out = self.model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), output_hidden_states=True)
+        windows = make_windows(ids, mask, self.head.horizon, every=every, offset=offset)
+        loss = window_loss(self.head, window_hidden(out, windows), windows.targets)
+        return loss + self.lm_loss_weight * out.loss, windows.targets.numel()
 
 
 def window_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,29 +102,50 @@ def window_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return -head.log_prob(hidden[keep], targets[keep]).mean() / targets.shape[1]
 
 
-def evaluate_nll(model, head, examples: list[Example], horizon: int, batch_size: int, pad_id: int) -> tuple[float, float]:
-    """Per-token NLL of the head and of the base model (chain rule) on the answers' windows."""
-    head_total, base_total, count = 0.0, 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            ids, mask, first = collate(examples[start : start + batch_size], pad_id)
-            ids, mask, first = ids.to(model.device), mask.to(model.device), first.to(model.device)
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            windows = make_windows(ids, mask, horizon, first)
-            keep = head.in_vocab(windows.targets).all(dim=1)
-            hidden = window_hidden(out, windows)
-            head_total += -head.log_prob(hidden[keep], windows.targets[keep]).sum().item()
-            base_total += base_window_nll(out.logits, windows)[keep].sum().item()
-            count += int(keep.sum()) * horizon
-    return head_total / max(count, 1), base_total / max(count, 1)
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then linear decay to zero at the last step."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return warm * max(0.0, 1.0 - step / max(total, 1))
 
 
-def train(recipe: TrainRecipe, run_dir: Path, model=None, tokenizer=None, on_event: EventCallback = None) -> TrainResult:
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(count))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def loss_offset(seed: int, step: int, horizon: int) -> int:
+    return random.Random(seed * 7_919 + step).randrange(horizon)
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    eval_nll: Optional[float]  # head, per token, best checkpoint
+    base_eval_nll: Optional[float]  # the base model on the same windows
+    resumed_from: int = 0
+    history: list = field(default_factory=list)
+
+
+def train(
+    recipe: TrainRecipe,
+    run_dir: Path,
+    model=None,
+    tokenizer=None,
+    resume: bool = False,
+    on_event: EventCallback = None,
+) -> TrainResult:
     """Train a joint head as `recipe` says; everything lands in `run_dir`."""
     from accelerate import Accelerator
 
     emit = on_event or (lambda _event: None)
-    t = recipe.train
+    t, mode = recipe.train, recipe.backbone.mode
+    run_dir = Path(run_dir)
+    state = _resume_state(run_dir) if resume else None
     torch.manual_seed(t.seed)
     if model is None:
         from tjdkit.models import load_model
@@ -166,94 +153,146 @@ def train(recipe: TrainRecipe, run_dir: Path, model=None, tokenizer=None, on_eve
         model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=recipe.model.device)
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=model.device.type == "cpu")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    horizon = recipe.head.horizon
 
-    train_examples = load_examples(recipe, tokenizer, "train")
-    eval_examples = load_examples(recipe, tokenizer, "eval")
+    train_examples = load_examples(recipe.data, tokenizer, "train")
+    eval_examples = load_examples(recipe.data, tokenizer, "eval")
+    if recipe.data.self_distill:
+        report = lambda done, total: emit({"kind": "distill", "done": done, "total": total})  # noqa: E731
+        with accelerator.main_process_first():
+            train_examples = self_distill(model, tokenizer, train_examples, t.batch_size, report)
     vocab_ids = None
     if recipe.head.draft_vocab:
         vocab_ids = frequent_token_ids(train_examples, recipe.head.draft_vocab, [tokenizer.eos_token_id])
     head = build_run_head(recipe, model, vocab_ids).to(model.device)
-
-    mode = recipe.backbone.mode
-    for parameter in model.parameters():
-        parameter.requires_grad_(mode == "full")
-    if mode == "last_layer":
-        last_block = list(model.base_model.layers if hasattr(model.base_model, "layers") else model.base_model.h)[-1]
-        for parameter in last_block.parameters():
-            parameter.requires_grad_(True)
-    if mode == "lora":
-        raise TjdkitError("backbone mode 'lora' is not available yet (use frozen, last_layer or full)")
-    trainable = [p for p in head.parameters() if p.requires_grad] + [p for p in model.parameters() if p.requires_grad]
+    model = prepare_backbone(model, mode, recipe.backbone.lora_rank)
+    joint = JointLoss(model, head, recipe.backbone.lm_loss_weight)
+    trainable = [p for p in joint.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    steps_per_epoch = math.ceil(len(train_examples) / t.batch_size)
+    world = accelerator.num_processes
+    steps_per_epoch = math.ceil(len(train_examples) / (t.batch_size * world))
     total_steps = t.max_steps or steps_per_epoch * t.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t.warmup_steps, total_steps))
-    head, optimizer = accelerator.prepare(head, optimizer)
-    raw_head = accelerator.unwrap_model(head)
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    step, best = 0, math.inf
+    if state is not None:
+        _restore(state, joint, optimizer, schedule)
+        step, best = state["step"], state["best"]
+        emit({"kind": "resume", "step": step})
+    joint, optimizer = accelerator.prepare(joint, optimizer)
+    inner = accelerator.unwrap_model(joint)
+
+    main = accelerator.is_main_process
     metrics_path = run_dir / "metrics.jsonl"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        _truncate_metrics(metrics_path, step)
 
     features = None
     if mode == "frozen":
         model.eval()
-        features = _cache_features(model, train_examples, horizon, t.batch_size, pad_id, emit)
+        features = _cache_features(model, train_examples, recipe.head.horizon, t.batch_size, pad_id, emit)
 
+    info = {"model": recipe.model.name, "backbone_mode": mode, "dataset": recipe.data.dataset}
     history: list[dict] = []
-    best = math.inf
     base_nll = None
-    step = 0
-    started = time.time()
-    tokens_seen = 0
-    rng = random.Random(t.seed)
+    started, tokens_seen, started_step = time.time(), 0, step
     while step < total_steps:
-        order = list(range(len(train_examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), t.batch_size):
-            if step >= total_steps:
-                break
-            batch_index = order[start : start + t.batch_size]
-            offset = rng.randrange(horizon) if t.memory_efficient_loss else 0
-            every = horizon if t.memory_efficient_loss else 1
-            head.train()
-            if features is not None:
-                hidden, targets = _feature_batch(features, batch_index, every, offset)
-                loss = window_loss(raw_head, hidden.to(model.device).float(), targets.to(model.device))
-            else:
-                model.train()
-                ids, mask, first = collate([train_examples[i] for i in batch_index], pad_id)
-                ids, mask = ids.to(model.device), mask.to(model.device)
-                out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), output_hidden_states=True)
-                windows = make_windows(ids, mask, horizon, every=every, offset=offset)
-                hidden = window_hidden(out, windows)
-                loss = window_loss(raw_head, hidden, windows.targets) + recipe.backbone.lm_loss_weight * out.loss
-                targets = windows.targets
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if t.grad_clip > 0:
-                accelerator.clip_grad_norm_(trainable, t.grad_clip)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            tokens_seen += int(targets.numel())
-            record = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], "tokens_per_second": tokens_seen / (time.time() - started)}
-            if step % t.eval_every == 0 or step == total_steps:
-                model.eval()
-                head.eval()
-                eval_nll, base_nll = evaluate_nll(model, raw_head, eval_examples, horizon, t.batch_size, pad_id)
-                record.update(eval_nll=eval_nll, base_eval_nll=base_nll)
-                if eval_nll < best:
-                    best = eval_nll
-                    _save_head(raw_head, recipe, run_dir / "best", model if mode != "frozen" else None, tokenizer)
+        epoch, position = divmod(step, steps_per_epoch)
+        order = epoch_order(len(train_examples), t.seed, epoch)
+        chunk = order[position * t.batch_size * world : (position + 1) * t.batch_size * world]
+        batch_index = chunk[accelerator.process_index :: world]
+        every = recipe.head.horizon if t.memory_efficient_loss else 1
+        offset = loss_offset(t.seed, step, recipe.head.horizon) if t.memory_efficient_loss else 0
+        joint.train()
+        if mode == "frozen":
+            model.eval()
+            hidden, targets = _feature_batch(features, batch_index, every, offset)
+            loss, tokens = joint(hidden=hidden.to(model.device).float(), targets=targets.to(model.device))
+        else:
+            ids, mask, _ = collate([train_examples[i] for i in batch_index], pad_id)
+            loss, tokens = joint(ids=ids.to(model.device), mask=mask.to(model.device), every=every, offset=offset)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if t.grad_clip > 0:
+            accelerator.clip_grad_norm_(trainable, t.grad_clip)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        tokens_seen += tokens * world
+        elapsed = time.time() - started
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": loss.item(),
+            "lr": schedule.get_last_lr()[0],
+            "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,
+            "eta_seconds": elapsed / (step - started_step) * (total_steps - step),
+        }
+        evaluating = step % t.eval_every == 0 or step == total_steps
+        if evaluating and main:
+            inner.eval()
+            eval_nll, base_nll = evaluate_nll(inner.model, inner.head, eval_examples, t.batch_size, pad_id)
+            record.update(eval_nll=eval_nll, base_eval_nll=base_nll)
+            if eval_nll < best:
+                best = eval_nll
+                save_checkpoint(run_dir / "best", inner.head, inner.model, {**info, "step": step, "eval_nll": eval_nll})
+        if main and (step % t.save_every == 0 or step == total_steps):
+            trainer_state = {
+                "step": step,
+                "best": best,
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "recipe": dump_recipe(recipe),
+            }
+            save_checkpoint(run_dir / "last", inner.head, inner.model, {**info, "step": step}, trainer_state)
+        if main:
             history.append(record)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            emit({"kind": "step", "total": total_steps, **record})
-    _save_head(raw_head, recipe, run_dir / "last", model if mode != "frozen" else None, tokenizer)
-    return TrainResult(run_dir, step, best if best < math.inf else None, base_nll, history)
+        emit({"kind": "step", "total": total_steps, **record})
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, step, best if best < math.inf else None, base_nll, started_step, history)
+
+
+def _resume_state(run_dir: Path) -> dict:
+    path = run_dir / "last" / TRAINER_STATE
+    if not path.is_file():
+        raise TjdkitError(f"nothing to resume: {run_dir} has no last checkpoint ({path} is missing)")
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise TjdkitError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return {**state, "last_dir": path.parent}
+
+
+def _restore(state: dict, joint: JointLoss, optimizer, schedule) -> None:
+    """Put the last checkpoint's head, backbone, optimizer, schedule and RNG back in place."""
+    from safetensors.torch import load_file
+
+    from tjdkit.runs import apply_backbone, read_checkpoint
+
+    last = state["last_dir"]
+    joint.head.load_state_dict(load_file(last / "head.safetensors"))
+    info = read_checkpoint(last)
+    if info["backbone_weights"] == "adapter":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(joint.model, load_file(last / "adapter" / "adapter_model.safetensors"))
+    else:
+        apply_backbone(joint.model, last, info)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["torch_rng"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: drop them from metrics.jsonl."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _cache_features(model, examples, horizon, batch_size, pad_id, emit) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -276,28 +315,3 @@ def _feature_batch(features, batch_index, every, offset):
     """Concatenate cached windows; row j of an example is position j, so `every` selects by position."""
     parts = [(hidden[offset % every :: every], targets[offset % every :: every]) for hidden, targets in (features[i] for i in batch_index)]
     return torch.cat([hidden for hidden, _ in parts]), torch.cat([targets for _, targets in parts])
-
-
-def _save_head(head, recipe: TrainRecipe, directory: Path, trained_backbone, tokenizer) -> None:
-    """head.safetensors + config.json, and the backbone (loadable by load_model) when it trained."""
-    from safetensors.torch import save_file
-
-    with atomic_directory(directory) as tmp:
-        state = {key: value.detach().contiguous().cpu() for key, value in head.state_dict().items()}
-        save_file(state, str(tmp / "head.safetensors"))
-        if trained_backbone is not None:
-            trained_backbone.save_pretrained(tmp / "backbone")
-            tokenizer.save_pretrained(tmp / "backbone")
-        config = {
-            "head": head.config(),
-            "model": recipe.model.name,
-            "backbone_mode": recipe.backbone.mode,
-            "backbone_weights": "backbone" if trained_backbone is not None else "base",
-        }
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_jsonable))
-
-
-def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

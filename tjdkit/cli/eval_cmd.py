@@ -1,0 +1,73 @@
+"""Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from tjdkit.cli.common import JsonOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+
+
+def evaluate(
+    target: str = typer.Argument(..., help="A run directory (tjdkit train) or any model name/path."),
+    dataset: str = typer.Option("stemp", "--dataset", "-d", help="stemp, sharegpt or gsm8k."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many examples."),
+    split: str = typer.Option("test", "--split", help="test, eval (stemp also: mild, hard)."),
+    modes: str = typer.Option("ar,draft", "--modes", help="Decoding modes for accuracy: ar, draft."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    json_path: JsonOpt = None,
+) -> None:
+    """Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from tjdkit.decoding import MODES
+    from tjdkit.errors import TjdkitError
+    from tjdkit.evaluate import evaluate as run_evaluation
+    from tjdkit.runs import is_run, load_run
+
+    chosen = tuple(mode.strip() for mode in modes.split(",") if mode.strip())
+    unknown = [mode for mode in chosen if mode not in MODES]
+    if unknown or not chosen:
+        raise TjdkitError(f"unknown mode '{','.join(unknown) or modes}' (use {', '.join(MODES)})")
+    quiet_libraries()
+    head = None
+    if is_run(target):
+        run = load_run(target)
+        model, tokenizer, head = run.model, run.tokenizer, run.head
+        label = f"{target} ({run.info['head']['name']} head on {run.info['model']})"
+    else:
+        model, tokenizer = load_model_with_progress(target)
+        label = target
+        chosen = tuple(mode for mode in chosen if mode == "ar")  # draft needs a head
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=stderr(), transient=True)
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(f"{stage} decoding", total=total)
+        progress.update(tasks[stage], completed=done)
+
+    with progress:
+        result = run_evaluation(model, tokenizer, head, dataset, limit, chosen, max_new_tokens, split, on_progress)
+
+    table = Table(title=f"eval {label} on {dataset}/{split} ({result['examples']} examples)")
+    for column in ("mode", "accuracy", "tokens/forward", "tokens/s"):
+        table.add_column(column, justify="right")
+    for mode, row in result["modes"].items():
+        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
+        table.add_row(mode, accuracy, f"{row['tokens_per_forward']:.2f}", f"{row['tokens_per_second']:.1f}")
+    console = stdout()
+    console.print(table)
+    nll = result["nll"]
+    head_part = f"head {nll['head']:.4f} · " if "head" in nll else ""
+    console.print(f"NLL per token: {head_part}base {nll['base']:.4f}")
+    if "acceptance" in result:
+        acc = result["acceptance"]
+        by_position = " ".join(f"{p:.2f}" for p in acc["by_position"])
+        console.print(
+            f"draft acceptance (greedy, along the model's own output): {acc['mean_accepted']:.2f} accepted + 1 "
+            f"= {acc['tokens_per_step']:.2f} tokens per step; P(first k accepted), k=1..H: {by_position}"
+        )
+    write_json(json_path, {"target": target, **result})

@@ -1,0 +1,65 @@
+"""Train a joint head (or fine-tune a backbone with one) from a recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tjdkit.cli.common import JsonOpt, SetOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+
+
+def train(
+    recipe: str = typer.Argument(..., help="Recipe name (tjdkit recipes ls) or path to a YAML file."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone: model name, directory or .gguf file."),
+    head: Optional[str] = typer.Option(None, "--head", help="stp, multihead, cp or mps."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="CP rank / MPS bond dimension."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", help="Tokens predicted per step."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/RECIPE)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    overrides: SetOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Train a joint head from a recipe; writes checkpoints, metrics and the resolved recipe."""
+    from rich.table import Table
+
+    from tjdkit.config import TrainRecipe
+    from tjdkit.errors import TjdkitError
+    from tjdkit.recipes import find_recipe, load_recipe
+    from tjdkit.runs import is_run
+
+    flags = {"model.name": model, "head.name": head, "head.rank": rank, "head.horizon": horizon}
+    config = load_recipe(recipe, TrainRecipe, overrides or [], flags)
+    run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
+    if is_run(run_dir) and not resume:
+        raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+
+    from tjdkit.train import train as run_training
+    from tjdkit.ui.training import TrainDisplay, final_eval
+
+    quiet_libraries()
+    loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
+    console = stderr()
+    console.print(
+        f"[bold]train[/] {config.head.name} head (rank {config.head.rank}, horizon {config.head.horizon}) on "
+        f"{config.model.name}, backbone {config.backbone.mode}, data {config.data.dataset} -> {run_dir}"
+    )
+    with TrainDisplay(console) as display:
+        result = run_training(config, run_dir, loaded, tokenizer, resume=resume, on_event=display)
+    last = final_eval(result.history)
+    table = Table(title=f"run {run_dir}")
+    for column in ("steps", "final loss", "head NLL/token", "base NLL/token", "tokens/s"):
+        table.add_column(column, justify="right")
+    final = result.history[-1] if result.history else {}
+    table.add_row(
+        str(result.steps),
+        f"{final.get('loss', float('nan')):.4f}",
+        f"{result.eval_nll:.4f}" if result.eval_nll is not None else "-",
+        f"{last['base_eval_nll']:.4f}" if last else "-",
+        f"{final.get('tokens_per_second', 0):.0f}",
+    )
+    stdout().print(table)
+    write_json(json_path, {"run_dir": str(run_dir), "steps": result.steps, "resumed_from": result.resumed_from,
+                           "eval_nll": result.eval_nll, "base_eval_nll": last["base_eval_nll"] if last else None,
+                           "final": final})

@@ -1,0 +1,67 @@
+"""Live display for `tjdkit train`: one bar per stage, loss, tokens/s and ETA."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+STAGES = {"features": "backbone features", "distill": "self-distilling", "step": "training"}
+
+
+class TrainDisplay:
+    """Feed it train()'s events. Off a terminal it prints a plain line at each evaluation."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "TrainDisplay":
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "resume":
+            self.console.print(f"[dim]resuming from step {event['step']}[/]")
+            return
+        done = event.get("step", event.get("done"))
+        total = event["total"]
+        info = _info(event)
+        if not self.live:
+            if "eval_nll" in event or done == total:
+                self.console.print(f"{STAGES[kind]} {done}/{total} {info}")
+            return
+        if kind not in self.tasks:
+            self.tasks[kind] = self.progress.add_task(STAGES[kind], total=total, completed=0, info="")
+        self.progress.update(self.tasks[kind], completed=done, info=info)
+
+
+def _info(event: dict) -> str:
+    if event["kind"] != "step":
+        return ""
+    parts = [f"loss {event['loss']:.3f}", f"{event['tokens_per_second']:.0f} tok/s"]
+    if "eval_nll" in event:
+        parts.append(f"eval {event['eval_nll']:.3f} (base {event['base_eval_nll']:.3f}) nats/token")
+    return " · ".join(parts)
+
+
+def final_eval(history: list[dict]) -> Optional[dict]:
+    evaluated = [record for record in history if "eval_nll" in record]
+    return evaluated[-1] if evaluated else None
