@@ -25,7 +25,7 @@ from tjdkit.config import TrainRecipe
 from tjdkit.data.examples import Example, collate, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
 from tjdkit.evaluate import evaluate_nll, window_hidden
-from tjdkit.fileio import atomic_write_text
+from tjdkit.fileio import atomic_write_text, remove_stale_temp_dirs
 from tjdkit.recipes import dump_recipe
 from tjdkit.runs import TRAINER_STATE, save_checkpoint
 from tjdkit.windows import last_hidden, make_windows
@@ -56,6 +56,14 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
         lm_head_weight=lm_head,
         freeze_decoder=h.freeze_decoder,
     )
+
+
+def check_head(recipe: TrainRecipe) -> None:
+    """Fail before anything slow: the head constructors' own checks, on a 1-dimensional head."""
+    from tjdkit.heads import build_head
+
+    h = recipe.head
+    build_head(h.name, hidden_size=1, vocab_size=2, rank=h.rank, horizon=h.horizon, positivity=h.positivity)
 
 
 def prepare_backbone(model, mode: str, lora_rank: int):
@@ -145,6 +153,7 @@ def train(
     emit = on_event or (lambda _event: None)
     t, mode = recipe.train, recipe.backbone.mode
     run_dir = Path(run_dir)
+    check_head(recipe)
     state = _resume_state(run_dir) if resume else None
     torch.manual_seed(t.seed)
     if model is None:
@@ -185,6 +194,8 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for checkpoint in ("best", "last"):
+            remove_stale_temp_dirs(run_dir / checkpoint)  # left by a run killed while saving
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         _truncate_metrics(metrics_path, step)
 
@@ -224,6 +235,7 @@ def train(
         record = {
             "step": step,
             "epoch": epoch,
+            "processes": world,
             "loss": loss.item(),
             "lr": schedule.get_last_lr()[0],
             "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,

@@ -18,16 +18,23 @@ SetOpt = Annotated[
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this path.")]
 
 
+def is_main_process() -> bool:
+    """Under `accelerate launch`, only rank 0 talks; the other processes stay quiet."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def stdout() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, quiet=not is_main_process())
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, quiet=not is_main_process())
 
 
 def write_json(path: Optional[Path], data: Any) -> None:
-    if path is None:
+    if path is None or not is_main_process():
         return
     from tjdkit.fileio import atomic_write_text
 

@@ -22,6 +22,7 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
+    from tjdkit.data.sources import dataset_splits
     from tjdkit.decoding import MODES
     from tjdkit.errors import TjdkitError
     from tjdkit.evaluate import evaluate as run_evaluation
@@ -31,6 +32,8 @@ def evaluate(
     unknown = [mode for mode in chosen if mode not in MODES]
     if unknown or not chosen:
         raise TjdkitError(f"unknown mode '{','.join(unknown) or modes}' (use {', '.join(MODES)})")
+    if split not in dataset_splits(dataset):
+        raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
     quiet_libraries()
     head = None
     if is_run(target):
@@ -41,7 +44,11 @@ def evaluate(
         model, tokenizer = load_model_with_progress(target)
         label = target
         chosen = tuple(mode for mode in chosen if mode == "ar")  # draft needs a head
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=stderr(), transient=True)
+    console = stderr()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    )
     tasks: dict[str, int] = {}
 
     def on_progress(stage: str, done: int, total: int) -> None:

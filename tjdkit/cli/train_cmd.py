@@ -35,7 +35,10 @@ def train(
     if is_run(run_dir) and not resume:
         raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
 
+    from tjdkit.train import check_head
     from tjdkit.train import train as run_training
+
+    check_head(config)
     from tjdkit.ui.training import TrainDisplay, final_eval
 
     quiet_libraries()
