@@ -167,8 +167,7 @@ def train(
     eval_examples = load_examples(recipe.data, tokenizer, "eval")
     if recipe.data.self_distill:
         report = lambda done, total: emit({"kind": "distill", "done": done, "total": total})  # noqa: E731
-        with accelerator.main_process_first():
-            train_examples = self_distill(model, tokenizer, train_examples, t.batch_size, report)
+        train_examples = self_distill(model, tokenizer, train_examples, t.batch_size, report)
     vocab_ids = None
     if recipe.head.draft_vocab:
         vocab_ids = frequent_token_ids(train_examples, recipe.head.draft_vocab, [tokenizer.eos_token_id])
@@ -208,9 +207,11 @@ def train(
     history: list[dict] = []
     base_nll = None
     started, tokens_seen, started_step = time.time(), 0, step
+    order_epoch, order = -1, []
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
-        order = epoch_order(len(train_examples), t.seed, epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(train_examples), t.seed, epoch)
         chunk = order[position * t.batch_size * world : (position + 1) * t.batch_size * world]
         batch_index = chunk[accelerator.process_index :: world]
         every = recipe.head.horizon if t.memory_efficient_loss else 1
@@ -256,7 +257,6 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "recipe": dump_recipe(recipe),
             }
             save_checkpoint(run_dir / "last", inner.head, inner.model, {**info, "step": step}, trainer_state)
         if main:
