@@ -2,14 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.processes import sigkill_once_exists
 
 from tjdkit.fileio import atomic_directory, atomic_write_text
 from tjdkit.models import cache as cache_mod
@@ -94,17 +94,7 @@ def test_killed_conversion_is_not_reused(tmp_path, monkeypatch):
         """
     )
     process = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
-    try:
-        deadline = time.time() + 60
-        while not marker.exists():
-            assert process.poll() is None, "converter exited early"
-            assert time.time() < deadline, "converter never started writing"
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    sigkill_once_exists(process, marker, timeout=60)
     leftover = Path(marker.read_text())
     assert leftover.exists()  # SIGKILL gives no chance to clean up ...
     assert not entry_dir(FAKE).exists()  # ... but the cache entry was never created

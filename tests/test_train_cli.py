@@ -2,12 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.processes import sigkill_once_exists
 
 SMALL = ["--set", "data.train_size=48", "--set", "data.eval_size=8", "--set", "train.batch_size=8",
          "--set", "train.eval_every=3", "--set", "train.save_every=3"]
@@ -83,16 +83,7 @@ def test_sigkill_mid_run_then_resume_finishes_cleanly(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "tjdkit", *train_args(out, "--set", "train.max_steps=60", "--set", "train.eval_every=1000")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not (out / "last" / "checkpoint.json").exists():
-            assert process.poll() is None and time.time() < deadline
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    sigkill_once_exists(process, out / "last" / "checkpoint.json")
     killed_at = json.loads((out / "last" / "checkpoint.json").read_text())["step"]
     assert killed_at < 60
     done = subprocess.run(command + ["--resume", "--json", str(tmp_path / "t.json")], capture_output=True, text=True, timeout=300)
