@@ -44,3 +44,12 @@ def test_hidden_states_are_what_lm_head_sees_and_base_nll_is_the_chain_rule():
     b, t = int(windows.batch[0]), int(windows.position[0])
     expected = -sum(torch.log_softmax(logits[b, t + k], -1)[enc.input_ids[b, t + k + 1]] for k in range(3))
     assert torch.allclose(nll[0], expected, atol=1e-5)
+
+
+def test_windows_past_the_end_are_filled_with_the_end_token():
+    ids = torch.tensor([[10, 11, 12, 13, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    windows = make_windows(ids, mask, 3, end_id=99)
+    assert windows.position.tolist() == [0, 1, 2]  # every position with at least one real target
+    assert windows.targets.tolist() == [[11, 12, 13], [12, 13, 99], [13, 99, 99]]
+    assert make_windows(ids, mask, 3).targets.tolist() == [[11, 12, 13]]  # default: full windows only

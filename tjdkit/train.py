@@ -87,17 +87,18 @@ def prepare_backbone(model, mode: str, lora_rank: int):
 class JointLoss(nn.Module):
     """Backbone + head in one module, so DDP syncs the gradients of both."""
 
-    def __init__(self, model, head, lm_loss_weight: float):
+    def __init__(self, model, head, lm_loss_weight: float, end_id: int):
         super().__init__()
         self.model = model
         self.head = head
         self.lm_loss_weight = lm_loss_weight
+        self.end_id = end_id
 
     def forward(self, hidden=None, targets=None, ids=None, mask=None, every: int = 1, offset: int = 0):
         if hidden is not None:  # frozen: cached features
             return window_loss(self.head, hidden, targets), targets.numel()
         out = self.model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), output_hidden_states=True)
-        windows = make_windows(ids, mask, self.head.horizon, every=every, offset=offset)
+        windows = make_windows(ids, mask, self.head.horizon, every=every, offset=offset, end_id=self.end_id)
         loss = window_loss(self.head, window_hidden(out, windows), windows.targets)
         return loss + self.lm_loss_weight * out.loss, windows.targets.numel()
 
@@ -173,7 +174,7 @@ def train(
         vocab_ids = frequent_token_ids(train_examples, recipe.head.draft_vocab, [tokenizer.eos_token_id])
     head = build_run_head(recipe, model, vocab_ids).to(model.device)
     model = prepare_backbone(model, mode, recipe.backbone.lora_rank)
-    joint = JointLoss(model, head, recipe.backbone.lm_loss_weight)
+    joint = JointLoss(model, head, recipe.backbone.lm_loss_weight, tokenizer.eos_token_id)
     trainable = [p for p in joint.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     world = accelerator.num_processes
@@ -201,7 +202,7 @@ def train(
     features = None
     if mode == "frozen":
         model.eval()
-        features = _cache_features(model, train_examples, recipe.head.horizon, t.batch_size, pad_id, emit)
+        features = _cache_features(model, train_examples, recipe.head.horizon, t.batch_size, pad_id, tokenizer.eos_token_id, emit)
 
     info = {"model": recipe.model.name, "backbone_mode": mode, "dataset": recipe.data.dataset}
     history: list[dict] = []
@@ -307,15 +308,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _cache_features(model, examples, horizon, batch_size, pad_id, emit) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per example: hidden states [T_i, D] and targets [T_i, H] for every full window."""
+def _cache_features(model, examples, horizon, batch_size, pad_id, end_id, emit) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per example: hidden states [T_i, D] and targets [T_i, H] for every window (EOS past the end)."""
     cached = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             ids, mask, _ = collate(examples[start : start + batch_size], pad_id)
             ids, mask = ids.to(model.device), mask.to(model.device)
             hidden = last_hidden(model, ids, mask)
-            windows = make_windows(ids, mask, horizon)
+            windows = make_windows(ids, mask, horizon, end_id=end_id)
             for row in range(ids.shape[0]):
                 pick = windows.batch == row
                 cached.append((hidden[row, windows.position[pick]].cpu(), windows.targets[pick].cpu()))

@@ -1,7 +1,9 @@
 """Training windows for joint heads: the hidden state at t and the H tokens after it.
 
-A head trained on window (t, x_{t+1..t+H}) learns p(x_{t+1..t+H} | h_t). Only windows
-whose H targets are all real tokens count; the memory-efficient variant keeps one
+A head trained on window (t, x_{t+1..t+H}) learns p(x_{t+1..t+H} | h_t). By default only
+windows whose H targets are all real tokens count. Training passes `end_id` (EOS) so the
+last H-1 positions of a sequence count too, their targets filled with EOS past the end:
+otherwise the head never learns to end an answer. The memory-efficient variant keeps one
 random offset and every H-th position (TJDNet), which cuts the work by H.
 """
 
@@ -27,18 +29,23 @@ def make_windows(
     first_position: Optional[torch.Tensor] = None,  # [B] earliest t to keep (e.g. the answer start - 1)
     every: int = 1,
     offset: int = 0,
+    end_id: Optional[int] = None,  # fill targets past the sequence end with this (EOS)
 ) -> Windows:
     B, T = input_ids.shape
     lengths = attention_mask.sum(dim=1)  # [B]
     t = torch.arange(T, device=input_ids.device).expand(B, T)  # [B, T]
-    keep = t + horizon < lengths[:, None]  # all H targets are real tokens
+    reach = 1 if end_id is not None else horizon  # how many targets must be real tokens
+    keep = t + reach < lengths[:, None]
     if first_position is not None:
         keep &= t >= first_position[:, None]
     if every > 1:
         keep &= (t % every) == (offset % every)
     batch, position = keep.nonzero(as_tuple=True)  # [N], [N]
     steps = torch.arange(1, horizon + 1, device=input_ids.device)  # [H]
-    targets = input_ids[batch[:, None], position[:, None] + steps]  # [N, H]
+    index = position[:, None] + steps  # [N, H]
+    targets = input_ids[batch[:, None], index.clamp(max=T - 1)]  # [N, H]
+    if end_id is not None:
+        targets = targets.masked_fill(index >= lengths[batch][:, None], end_id)
     return Windows(batch, position, targets)
 
 
