@@ -52,6 +52,7 @@ def test_eval_of_a_plain_model_scores_ar_only(run_cli, tmp_path):
         (["train", "chat"], "'chat' recipe, not a 'train' one"),
         (["eval", "./no/such/run"], "path not found"),
         (["eval", "tiny-llama", "--modes", "verify"], "unknown mode"),
+        (["eval", "tiny-llama", "--modes", "draft"], "needs a trained head"),
         (["eval", "tiny-llama", "--dataset", "gsm8k", "--limit", "1"], "offline"),
         (["eval", "tiny-llama", "--dataset", "nope"], "unknown dataset"),
     ],

@@ -41,9 +41,11 @@ def evaluate(
         model, tokenizer, head = run.model, run.tokenizer, run.head
         label = f"{target} ({run.info['head']['name']} head on {run.info['model']})"
     else:
+        chosen = tuple(mode for mode in chosen if mode == "ar")  # draft needs a head
+        if not chosen:
+            raise TjdkitError(f"draft decoding needs a trained head: '{target}' is a plain model (pass a run directory)")
         model, tokenizer = load_model_with_progress(target)
         label = target
-        chosen = tuple(mode for mode in chosen if mode == "ar")  # draft needs a head
     console = stderr()
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
