@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tjdkit.decoding import DecodeStats, acceptance, generate
+from tjdkit.decoding import DecodeStats, acceptance, acceptance_rates, generate
 from tjdkit.errors import TjdkitError
 from tjdkit.heads import build_head
 from tjdkit.models import load_model
@@ -49,6 +49,15 @@ def joint_head(model, name="cp", horizon=3, seed=0):
         with torch.no_grad():
             head.mix.weight.normal_(0, 1.0)
     return head.eval()
+
+
+def weak_head(model, name="cp", horizon=3, seed=1):
+    """A weakly perturbed head: it agrees with the model sometimes but not always."""
+    D, V = sizes(model)
+    torch.manual_seed(seed)
+    return build_head(
+        name, hidden_size=D, vocab_size=V, rank=2, horizon=horizon, lm_head_weight=lm_head_weight(model), init_noise=0.5
+    ).eval()
 
 
 def greedy_no_cache(model, ids, n):
@@ -97,7 +106,7 @@ def test_ar_greedy_matches_no_cache_loop(models, name):
     tokens, stats = generate(model, ids, max_new_tokens=N)
     assert tokens == greedy_no_cache(model, ids, N)
     assert ids.shape[1] + N > 40
-    assert (stats.mode, stats.new_tokens, stats.forwards, stats.accepted) == ("ar", N, 1 + N, [])
+    assert (stats.mode, stats.new_tokens, stats.forwards, stats.accepted) == ("ar", N, N, [])
     assert stats.tokens_per_forward == 1.0 and stats.seconds > 0
 
 
@@ -111,6 +120,41 @@ def test_ar_greedy_matches_hf_generate(models, name):
     hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=N, pad_token_id=pad)
     tokens, _ = generate(model, ids, max_new_tokens=N, eos_token_ids=eos)
     assert tokens == hf[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("mode", ["ar", "verify"])
+def test_repetition_penalty_matches_hf_generate(models, mode):
+    model, tokenizer = models["tiny-gemma3"]
+    ids = prompt(tokenizer)
+    hf = model.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=N, repetition_penalty=1.3, pad_token_id=0
+    )[0, ids.shape[1] :].tolist()
+    tokens, _ = generate(model, ids, mode=mode, head=weak_head(model), max_new_tokens=N, repetition_penalty=1.3)
+    assert tokens == hf and tokens != generate(model, ids, max_new_tokens=N)[0]
+
+
+def test_sampling_distribution_matches_transformers_processors():
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from tjdkit.decoding import Sampling
+
+    torch.manual_seed(0)
+    logits = torch.randn(300) * 3
+    context = torch.randint(0, 300, (40,))
+    for temperature, top_k, top_p, penalty in [(1.0, None, None, 1.0), (0.7, 50, 0.9, 1.2), (1.3, 0, 0.5, 0.8)]:
+        sampling = Sampling(temperature, top_k, top_p, penalty)
+        ours = sampling.probs(sampling.penalise(logits, context))
+        chain = [RepetitionPenaltyLogitsProcessor(penalty), TemperatureLogitsWarper(temperature)]
+        chain += [TopKLogitsWarper(top_k)] if top_k else []
+        chain += [TopPLogitsWarper(top_p)] if top_p else []
+        theirs = torch.softmax(LogitsProcessorList(chain)(context[None], logits[None].clone())[0], dim=-1)
+        assert torch.allclose(ours, theirs, atol=1e-6), (temperature, top_k, top_p, penalty)
 
 
 def test_ar_sampling_is_reproducible(models):
@@ -138,7 +182,7 @@ def test_draft_with_exact_stp_head_is_ar_greedy(models, name):
     ids = prompt(tokenizer)
     tokens, stats = generate(model, ids, mode="draft", head=head, max_new_tokens=N)
     assert tokens == generate(model, ids, max_new_tokens=N)[0]
-    assert stats.forwards == 1 + N and stats.accepted == [1] * N and stats.tokens_per_forward == 1.0
+    assert stats.forwards == N and stats.accepted == [1] * N and stats.tokens_per_forward == 1.0
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -154,7 +198,7 @@ def test_draft_matches_no_cache_reference(models, name, head_name):
     assert len(set(tokens)) > 3  # the head is not just repeating one token
     # N = 40 is not a multiple of H: 13 full chunks, then one cut to a single token
     assert stats.accepted == [H] * (N // H) + [N % H]
-    assert stats.forwards == 1 + math.ceil(N / H) == 1 + steps
+    assert stats.forwards == math.ceil(N / H) == steps
     assert stats.tokens_per_forward == N / math.ceil(N / H)
 
 
@@ -174,7 +218,7 @@ def test_draft_sampling_is_reproducible(models):
 # ---- stopping -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["ar", "draft"])
+@pytest.mark.parametrize("mode", ["ar", "draft", "verify"])
 def test_stops_after_eos_and_keeps_it(models, mode):
     model, tokenizer = models["tiny-llama"]
     H = 3
@@ -186,12 +230,14 @@ def test_stops_after_eos_and_keeps_it(models, mode):
     assert tokens == free[: k + 1]
     if mode == "draft":
         assert stats.accepted == [H] * (k // H) + [k % H + 1]  # the EOS chunk is cut just after EOS
-        assert stats.forwards == 1 + k // H + 1
+        assert stats.forwards == k // H + 1
+    elif mode == "ar":
+        assert stats.forwards == k + 1
     else:
-        assert stats.forwards == 1 + k + 1
+        assert stats.forwards == 1 + len(stats.accepted)
 
 
-@pytest.mark.parametrize("mode", ["ar", "draft"])
+@pytest.mark.parametrize("mode", ["ar", "draft", "verify"])
 def test_max_new_tokens_is_exact(models, mode):
     model, tokenizer = models["tiny-gpt2"]
     H = 3
@@ -201,68 +247,251 @@ def test_max_new_tokens_is_exact(models, mode):
     for n in (1, 2, 3, 4, 7):
         tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=n)
         assert tokens == longest[:n] and stats.new_tokens == n
-        assert stats.forwards == 1 + (n if mode == "ar" else math.ceil(n / H))
+        if mode != "verify":
+            assert stats.forwards == (n if mode == "ar" else math.ceil(n / H))
     tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=0)
     assert tokens == [] and stats.forwards == 0 and stats.tokens_per_forward == 0.0
+
+
+# ---- verify -------------------------------------------------------------------------------
+
+
+class OracleHead:
+    """A stand-in head that drafts the model's true greedy continuation, spoiled on purpose.
+
+    It finds where it is by matching the hidden state it is given against the hidden
+    states of prompt + reference (so a wrong `state` handed over by the decoder shows up as
+    wrong drafts), then drafts reference[i+1 : i+H], spoiling draft (call % H) on each call:
+    every acceptance length 0..H-1 occurs.
+    """
+
+    def __init__(self, model, ids, reference, horizon, vocab_size):
+        full = torch.cat([ids, torch.tensor([reference])], dim=1)
+        self.hidden = last_hidden(model, full, torch.ones_like(full))[0]  # [T+N, D]
+        self.start, self.reference, self.horizon, self.vocab_size = ids.shape[1] - 1, reference, horizon, vocab_size
+        self.calls = 0
+
+    def in_vocab(self, tokens):
+        return torch.ones_like(tokens, dtype=torch.bool)
+
+    def draft(self, hidden, greedy=True, temperature=1.0, generator=None, first=None):
+        self.calls += 1
+        row = int((self.hidden - hidden).norm(dim=-1).argmin())
+        i = row - self.start  # hidden row predicts reference[i]
+        assert int(first) == self.reference[i]
+        drafts = self.reference[i + 1 : i + self.horizon] + [0] * self.horizon
+        spoil = self.calls % self.horizon
+        if spoil >= 1:
+            drafts[spoil - 1] = (drafts[spoil - 1] + 1) % self.vocab_size
+        tokens = torch.tensor([[int(first)] + drafts[: self.horizon - 1]])
+        return tokens, torch.nn.functional.one_hot(tokens, self.vocab_size).float()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("head_name", ["cp", "multihead", "mps"])
+def test_verify_greedy_is_ar_greedy(models, name, head_name):
+    model, tokenizer = models[name]
+    head = weak_head(model, head_name, horizon=4)
+    ids = prompt(tokenizer)
+    tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=N)
+    assert tokens == greedy_no_cache(model, ids, N)
+    assert stats.new_tokens == N == 1 + sum(a + 1 for a in stats.accepted)
+    assert stats.forwards == 1 + len(stats.accepted)
+    # the steps are exactly those of teacher-forced acceptance along the same output
+    reference = acceptance(model, head, ids, tokens)
+    assert (stats.accepted, stats.offered) == (reference.accepted, reference.offered)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_verify_rolls_back_rejected_drafts(models, name):
+    """Every acceptance length occurs, so every rollback size runs, across Gemma 3's sliding window."""
+    model, tokenizer = models[name]
+    H, n = 4, 60
+    ids = prompt(tokenizer)
+    reference = greedy_no_cache(model, ids, n)
+    oracle = OracleHead(model, ids, reference, H, sizes(model)[1])
+    tokens, stats = generate(model, ids, mode="verify", head=oracle, max_new_tokens=n)
+    assert tokens == reference
+    assert set(stats.accepted[:-2]) == {0, 1, 2, 3}  # the oracle spoils draft (call % H)
+    assert stats.tau > 2.0 and oracle.calls == len(stats.accepted) - (stats.offered[-1] == 0)
+
+
+def test_verify_logits_are_the_models_own_with_softcapping():
+    """Soft-capping keeps the argmax but changes sampling: verify's logits must apply it."""
+    from tjdkit.decoding import _hidden_and_logits, _new_cache
+
+    model, tokenizer = load_model("tiny-gemma3")
+    model.config.get_text_config().final_logit_softcapping = 0.5
+    ids = prompt(tokenizer)
+    with torch.no_grad():
+        _, logits = _hidden_and_logits(model, ids, _new_cache(model))
+        expect = model(ids).logits[0].float()
+    assert logits.abs().max() <= 0.5 and torch.allclose(logits, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_kv_cache_rollback_matches_no_cache(models, name):
+    """Feed chunks, crop random suffixes off, feed more: the logits equal a no-cache forward of what stayed."""
+    from tjdkit.decoding import _hidden_and_logits, _new_cache
+
+    model, tokenizer = models[name]
+    rng = torch.Generator().manual_seed(0)
+    kept = prompt(tokenizer)
+    cache = _new_cache(model)
+    _hidden_and_logits(model, kept, cache)
+    cache.activate_past_recording()
+    with torch.no_grad():
+        for _ in range(25):  # ~60 tokens kept: crosses the 32-token window more than once
+            chunk = torch.randint(0, sizes(model)[1], (1, 4), generator=rng)
+            _, logits = _hidden_and_logits(model, chunk, cache)
+            keep = int(torch.randint(1, 5, (), generator=rng))
+            cache.crop(-(4 - keep))
+            kept = torch.cat([kept, chunk[:, :keep]], dim=1)
+            full = model(kept).logits[0, -keep - 1 + keep :].float()  # logits at the last kept position
+            assert torch.allclose(logits[keep - 1], full[-1], atol=1e-4)
+            assert cache.get_seq_length() == kept.shape[1]
+    assert kept.shape[1] > 2 * 32
+
+
+def exact_distribution(model, ids, n, top_k, temperature):
+    """{sequence: probability} of the model's first n tokens under tempered top-k sampling."""
+    dist = {(): 1.0}
+    for _ in range(n):
+        grown = {}
+        for seq, prob in dist.items():
+            full = torch.cat([ids, torch.tensor([list(seq)], dtype=torch.long)], dim=1)
+            logits = model(full).logits[0, -1].float()
+            top = torch.topk(logits, top_k)
+            probs = torch.softmax(top.values / temperature, dim=-1)
+            for token, p in zip(top.indices.tolist(), probs.tolist()):
+                grown[seq + (token,)] = prob * p
+        dist = grown
+    return dist
+
+
+class DistortedHead:
+    """A stand-in head whose conditionals are the model's own, distorted: flattened and spread
+    over its top 3 tokens (the model samples from its top 2), so drafts are often wrong and
+    sometimes impossible. It finds the prefix before `first` by matching hidden states."""
+
+    def __init__(self, model, ids, prefixes, horizon, vocab_size):
+        self.model, self.ids, self.horizon, self.vocab_size = model, ids, horizon, vocab_size
+        self.prefixes = prefixes
+        rows = [last_hidden(model, self._seq(prefix), torch.ones_like(self._seq(prefix)))[0, -1] for prefix in prefixes]
+        self.hidden = torch.stack(rows)  # [P, D]
+
+    def _seq(self, tokens):
+        return torch.cat([self.ids, torch.tensor([list(tokens)], dtype=torch.long)], dim=1)
+
+    def in_vocab(self, tokens):
+        return torch.ones_like(tokens, dtype=torch.bool)
+
+    def draft(self, hidden, greedy=True, temperature=1.0, generator=None, first=None):
+        prefix = list(self.prefixes[int((self.hidden - hidden).norm(dim=-1).argmin())]) + [int(first)]
+        tokens, qs = [int(first)], [torch.zeros(self.vocab_size)]
+        for _ in range(self.horizon - 1):
+            logits = self.model(self._seq(prefix)).logits[0, -1].float()
+            top = torch.topk(logits, 3)
+            q = torch.zeros(self.vocab_size)
+            q[top.indices] = torch.softmax(top.values * 0.3, dim=-1)
+            token = int(torch.multinomial(q, 1, generator=generator))
+            tokens.append(token)
+            qs.append(q)
+            prefix.append(token)
+        return torch.tensor([tokens]), torch.stack(qs)[None]
+
+
+def test_verify_sampling_follows_the_models_distribution(models):
+    """Chi-square test of 4-token sequences sampled by verify against the model's exact distribution."""
+    model, tokenizer = models["tiny-llama"]
+    n, top_k, temperature, samples = 4, 2, 0.25, 1500  # a low temperature: p is far from the head's q
+    ids = prompt(tokenizer, "Once upon a time")
+    with torch.no_grad():
+        exact = exact_distribution(model, ids, n, top_k, temperature)
+        prefixes = sorted({seq[:k] for seq in exact for k in range(n - 1)}, key=len)
+        head = DistortedHead(model, ids, prefixes, 3, sizes(model)[1])
+    counts = dict.fromkeys(exact, 0)
+    generator = torch.Generator().manual_seed(0)
+    accepted = rejected = 0
+    for _ in range(samples):
+        tokens, stats = generate(
+            model, ids, mode="verify", head=head, max_new_tokens=n, temperature=temperature, top_k=top_k, generator=generator
+        )
+        counts[tuple(tokens)] += 1  # KeyError: a sequence the model cannot produce
+        accepted += sum(stats.accepted)
+        rejected += sum(o - a for o, a in zip(stats.offered, stats.accepted))
+    assert accepted > 0.3 * samples and rejected > 0.3 * samples  # both paths of the rule ran often
+    chi2 = sum((counts[s] - samples * p) ** 2 / (samples * p) for s, p in exact.items())
+    assert chi2 < 37.7  # 15 degrees of freedom, p = 0.001
+    tv = 0.5 * sum(abs(counts[s] / samples - p) for s, p in exact.items())
+    assert tv < 0.06
+
 
 
 # ---- acceptance ---------------------------------------------------------------------------
 
 
 def brute_force_acceptance(model, head, ids, continuation):
-    """Walk the continuation like a greedy speculative decoder, one full no-cache forward per step."""
-    H, n, i, accepted = head.horizon, len(continuation), 0, []
-    while i < n:
+    """Walk the continuation like greedy verify, one full no-cache forward per step."""
+    H, n, i, accepted, offered = head.horizon, len(continuation), 0, [], []
+    while i < n - 1:
         seq = torch.cat([ids, torch.tensor([continuation[:i]], dtype=torch.long)], dim=1)
-        drafted = head.draft(last_hidden(model, seq, torch.ones_like(seq))[:, -1])[0][0].tolist()
+        hidden = last_hidden(model, seq, torch.ones_like(seq))[:, -1]  # predicted continuation[i]
+        drafted = head.draft(hidden, first=torch.tensor([continuation[i]]))[0][0].tolist()
+        assert drafted[0] == continuation[i]
+        o = min(H - 1, n - i - 2)  # the model supplies the token after the accepted drafts
         a = 0
-        # the last token of the continuation is always the verifier's, never a draft's
-        while a < H and i + a < n - 1 and drafted[a] == continuation[i + a]:
+        while a < o and drafted[1 + a] == continuation[i + 1 + a]:
             a += 1
         accepted.append(a)
+        offered.append(o)
         i += a + 1
-    return accepted
+    return accepted, offered
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
-@pytest.mark.parametrize("head_name", ["cp", "multihead"])
+@pytest.mark.parametrize("head_name", ["cp", "multihead", "mps"])
 def test_acceptance_matches_brute_force(models, name, head_name):
     model, tokenizer = models[name]
-    # a weakly perturbed head, so that it agrees with the model sometimes but not always
-    D, V = sizes(model)
-    torch.manual_seed(1)
-    head = build_head(
-        head_name, hidden_size=D, vocab_size=V, rank=2, horizon=3, lm_head_weight=lm_head_weight(model), init_noise=0.5
-    )
+    head = weak_head(model, head_name)
     ids = prompt(tokenizer)
     continuation, _ = generate(model, ids, max_new_tokens=N)
     stats = acceptance(model, head, ids, continuation)
-    expect = brute_force_acceptance(model, head, ids, continuation)
-    assert stats.accepted == expect
-    assert stats.new_tokens == N == sum(a + 1 for a in expect)
+    expect, offered = brute_force_acceptance(model, head, ids, continuation)
+    assert (stats.accepted, stats.offered) == (expect, offered)
+    assert stats.new_tokens == N == 1 + sum(a + 1 for a in expect)
     assert stats.forwards == 1 + len(expect)
-    assert stats.tokens_per_forward == pytest.approx(sum(a + 1 for a in expect) / len(expect))
-    assert 0 < sum(expect) < 3 * len(expect)  # neither all rejected nor all accepted
+    assert stats.tau == pytest.approx(sum(a + 1 for a in expect) / len(expect))
+    assert sum(offered) > 0
 
 
-def test_acceptance_of_the_heads_own_drafts_is_perfect(models):
+@pytest.mark.parametrize("head_name", ["cp", "mps"])
+def test_acceptance_follows_a_scripted_continuation(models, head_name):
+    """Build the continuation from the head's own drafts, spoiling draft a_s + 1 at step s:
+    the steps must accept exactly a_s drafts."""
     model, tokenizer = models["tiny-gemma3"]
-    H, steps = 3, 12
-    head = joint_head(model, horizon=H)
+    H, V = 4, sizes(model)[1]
+    head = joint_head(model, head_name, horizon=H)
     ids = prompt(tokenizer)
-    seq, continuation = ids, []
-    for step in range(steps):
-        drafted = head.draft(last_hidden(model, seq, torch.ones_like(seq))[:, -1])[0][0].tolist()
-        verifier = (drafted[0] + 1 + step) % sizes(model)[1]  # any token: the verifier's pick is not scored
-        continuation += drafted + [verifier]
-        seq = torch.cat([ids, torch.tensor([continuation])], dim=1)
+    script = [s % H for s in range(14)]  # 0..H-1 accepted drafts, cycling
+    continuation = [7]
+    for a in script:
+        seq = torch.cat([ids, torch.tensor([continuation[:-1]], dtype=torch.long)], dim=1)
+        hidden = last_hidden(model, seq, torch.ones_like(seq))[:, -1]
+        drafted = head.draft(hidden, first=torch.tensor([continuation[-1]]))[0][0].tolist()
+        spoiled = (drafted[1 + a] + 1) % V if a < H - 1 else (drafted[-1] + 1) % V  # the model's token
+        continuation += drafted[1 : 1 + a] + [spoiled]
+    tail = [1, 2, 3, 4]  # room after the script, so that max length never limits its steps
+    stats = acceptance(model, head, ids, continuation + tail)
+    steps = len(script)
+    assert stats.accepted[:steps] == script and stats.offered[:steps] == [H - 1] * steps
+    assert stats.acceptance_by_position()[0] >= 0  # defined
+    assert acceptance_rates(script, [H - 1] * steps) == pytest.approx([10 / 14, 6 / 14, 3 / 14])
+    # at the very end the room limits the drafts: the model always supplies the last token
     stats = acceptance(model, head, ids, continuation)
-    assert stats.accepted == [H] * steps
-    assert stats.tokens_per_forward == H + 1
-    # cutting the last verifier token: the final step's last draft token becomes the verifier's
-    stats = acceptance(model, head, ids, continuation[:-1])
-    assert stats.accepted == [H] * (steps - 1) + [H - 1]
+    assert stats.offered[-2:] == [2, 1] and stats.accepted == script
     assert acceptance(model, head, ids, []).accepted == []
+    assert acceptance(model, head, ids, [5]).accepted == []  # the prefill's token alone: no verify step
 
 
 # ---- errors and stats ---------------------------------------------------------------------
@@ -276,6 +505,8 @@ def test_bad_arguments_raise_tjdkit_error(models):
         generate(model, ids, mode="beam")
     with pytest.raises(TjdkitError, match="needs a head"):
         generate(model, ids, mode="draft")
+    with pytest.raises(TjdkitError, match="verify decoding needs a head"):
+        generate(model, ids, mode="verify")
     with pytest.raises(TjdkitError, match=r"\[1, T\]"):
         generate(model, ids.repeat(2, 1))
     with pytest.raises(TjdkitError, match="max_new_tokens"):
@@ -287,6 +518,12 @@ def test_bad_arguments_raise_tjdkit_error(models):
 
 
 def test_stats_properties():
-    stats = DecodeStats(mode="draft", new_tokens=10, forwards=5, seconds=2.0, accepted=[3, 3, 3, 1])
-    assert stats.decode_forwards == 4 and stats.tokens_per_forward == 2.5 and stats.tokens_per_second == 5.0
+    stats = DecodeStats(mode="draft", new_tokens=10, forwards=4, seconds=2.0, accepted=[3, 3, 3, 1])
+    assert stats.tokens_per_forward == 2.5 and stats.tokens_per_second == 5.0 and stats.tau == 2.5
     assert DecodeStats(mode="ar").tokens_per_forward == 0.0
+    # verify: 1 (prefill) + (3+1) + (0+1) + (2+1) + (1+1) tokens over 1 + 4 forwards
+    stats = DecodeStats(mode="verify", new_tokens=11, forwards=5, accepted=[3, 0, 2, 1], offered=[3, 3, 3, 1])
+    assert stats.tau == 2.5 and stats.tokens_per_forward == 11 / 5
+    # draft 1 accepted in 3 of 4 steps; draft 2 in 2 of the 3 that offered it; draft 3 in 1 of 3
+    assert stats.acceptance_by_position() == pytest.approx([3 / 4, 2 / 3, 1 / 3])
+    assert DecodeStats(mode="verify").tau == 0.0 and DecodeStats(mode="verify").acceptance_by_position() == []

@@ -28,10 +28,12 @@ def test_train_then_eval_end_to_end(run_cli, tmp_path):
     code, out, err = run_cli("eval", str(tmp_path / "run"), "--limit", "3", "--max-new-tokens", "8", "--json", str(tmp_path / "e.json"))
     assert code == 0, err
     result = json.loads((tmp_path / "e.json").read_text())
-    assert set(result["modes"]) == {"ar", "draft"} and result["examples"] == 3
+    assert list(result["modes"]) == ["ar", "draft", "verify"] and result["examples"] == 3
     assert result["modes"]["draft"]["tokens_per_forward"] > 1.0  # a horizon-2 head drafts 2 tokens per forward
-    assert result["nll"]["head"] > 0 and len(result["acceptance"]["by_position"]) == 2
-    assert "draft acceptance" in out
+    assert result["modes"]["verify"]["accuracy"] == result["modes"]["ar"]["accuracy"]
+    assert result["nll"]["head"] > 0 and len(result["acceptance"]["by_position"]) == 1  # H-1 draft positions
+    assert result["modes"]["verify"]["tau"] == result["acceptance"]["tau"]  # the same steps, measured two ways
+    assert "verify acceptance" in out
 
 
 def test_eval_of_a_plain_model_scores_ar_only(run_cli, tmp_path):
@@ -51,7 +53,8 @@ def test_eval_of_a_plain_model_scores_ar_only(run_cli, tmp_path):
         (["train", "no-such-recipe"], "unknown recipe"),
         (["train", "chat"], "'chat' recipe, not a 'train' one"),
         (["eval", "./no/such/run"], "path not found"),
-        (["eval", "tiny-llama", "--modes", "verify"], "unknown mode"),
+        (["eval", "tiny-llama", "--modes", "beam"], "unknown mode"),
+        (["eval", "tiny-llama", "--modes", "verify"], "needs a trained head"),
         (["eval", "tiny-llama", "--modes", "draft"], "needs a trained head"),
         (["eval", "tiny-llama", "--dataset", "gsm8k", "--limit", "1"], "offline"),
         (["eval", "tiny-llama", "--dataset", "nope"], "unknown dataset"),

@@ -24,6 +24,7 @@ class Reply:
     seconds: float
     first_token_seconds: Optional[float]
     interrupted: bool = False
+    stats: Optional[object] = None  # tjdkit.decoding.DecodeStats when a joint head decoded the reply
 
     @property
     def tokens_per_second(self) -> float:
@@ -114,8 +115,12 @@ class ChatSession:
         system: Optional[str] = None,
         chat_format: str = "auto",
         model_name: Optional[str] = None,
+        head=None,
+        head_mode: str = "verify",
     ):
         self.model = model
+        self.head = head
+        self.head_mode = head_mode
         self.tokenizer = tokenizer
         self.generation = generation or GenerationSection()
         self.system = system
@@ -149,10 +154,32 @@ class ChatSession:
 
     def reply(self, user_text: str, on_text: Optional[TextCallback] = None) -> Reply:
         import torch
-        from transformers import GenerationConfig
 
         input_ids = self.encode(user_text).to(self.model.device)
         streamer = _make_streamer(self.tokenizer, on_text or (lambda _text: None))
+        started = time.perf_counter()
+        interrupted, stats = False, None
+        try:
+            with torch.inference_mode():
+                if self.head is None:
+                    self._generate_plain(input_ids, streamer)
+                else:
+                    stats = self._generate_with_head(input_ids, streamer)
+        except KeyboardInterrupt:
+            interrupted = True
+        streamer.end()
+        seconds = time.perf_counter() - started
+        text = "".join(streamer.pieces)
+        text = text if self.format == "raw" else text.strip()
+        if self.format != "raw":
+            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
+        first = streamer.first_token_at - started if streamer.first_token_at else None
+        return Reply(text, streamer.generated, seconds, first, interrupted, stats)
+
+    def _generate_plain(self, input_ids, streamer) -> None:
+        import torch
+        from transformers import GenerationConfig
+
         g = self.generation
         sampling = g.temperature > 0
         config = GenerationConfig(
@@ -165,23 +192,31 @@ class ChatSession:
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
         )
-        started = time.perf_counter()
-        interrupted = False
-        try:
-            with torch.inference_mode():
-                self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=config,
-                    streamer=streamer,
-                )
-        except KeyboardInterrupt:
-            interrupted = True
-        streamer.end()
-        seconds = time.perf_counter() - started
-        text = "".join(streamer.pieces)
-        text = text if self.format == "raw" else text.strip()
-        if self.format != "raw":
-            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
-        first = streamer.first_token_at - started if streamer.first_token_at else None
-        return Reply(text, streamer.generated, seconds, first, interrupted)
+        self.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config, streamer=streamer
+        )
+
+    def _generate_with_head(self, input_ids, streamer):
+        """tjdkit's own KV-cached decoding with the joint head; tokens stream as each step accepts them."""
+        import torch
+
+        from tjdkit.decoding import generate
+
+        g = self.generation
+        sampling = g.temperature > 0
+        lossy = self.head_mode == "draft"  # the head's joint alone: no penalty, no filters
+        streamer.put(input_ids[0].cpu())  # the prompt: the streamer skips it
+        _, stats = generate(
+            self.model,
+            input_ids,
+            mode=self.head_mode,
+            head=self.head,
+            max_new_tokens=g.max_new_tokens,
+            eos_token_ids=self.stop_ids,
+            temperature=g.temperature,
+            top_k=g.top_k if sampling and not lossy else None,
+            top_p=g.top_p if sampling and not lossy else None,
+            repetition_penalty=1.0 if lossy else g.repetition_penalty,
+            on_tokens=lambda tokens: streamer.put(torch.tensor(tokens)),
+        )
+        return stats

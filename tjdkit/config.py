@@ -39,6 +39,10 @@ class ChatSection:
     # auto: the tokenizer's chat template; else raw for models registered as pretrained
     # (gemma3-270m); else Gemma's turn format. raw: plain continuation, no turns, no history.
     format: ChatFormat = "auto"
+    # A run directory from `tjdkit train`: its joint head decodes the replies (with the run's model).
+    head: Optional[str] = None
+    # verify: lossless, the model's own output, faster; draft: the head's joint alone (lossy).
+    head_mode: Literal["verify", "draft"] = "verify"
 
 
 @dataclass

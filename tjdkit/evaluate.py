@@ -69,16 +69,17 @@ def evaluate(
     split: str = "test",
     on_progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> dict:
-    """Accuracy per decoding mode, per-token NLL (head vs base) and draft acceptance, in one run.
+    """Accuracy per decoding mode, per-token NLL (head vs base) and verify acceptance, in one run.
 
-    Acceptance is measured along the model's own greedy output: at each step the head
-    drafts H tokens and the matching prefix is what greedy verification would accept.
+    Acceptance is measured along the model's own greedy output (`tjdkit.decoding.acceptance`):
+    exactly the steps greedy `verify` takes, so it tells what verified decoding gains even
+    when `verify` is not among the modes.
     """
     import torch
 
     from tjdkit.config import DataSection
     from tjdkit.data.examples import load_examples
-    from tjdkit.decoding import acceptance, generate
+    from tjdkit.decoding import acceptance, acceptance_rates, generate
 
     report = on_progress or (lambda _stage, _done, _total: None)
     examples = load_examples(DataSection(dataset=dataset, eval_size=limit, max_length=4096), tokenizer, split)
@@ -93,6 +94,8 @@ def evaluate(
     result["modes"] = {}
     for mode in modes:
         correct, tokens, forwards, seconds = 0, 0, 0, 0.0
+        accepted: list[int] = []
+        offered: list[int] = []
         for index, example in enumerate(examples):
             prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
             with torch.no_grad():
@@ -101,7 +104,9 @@ def evaluate(
                 greedy_outputs.append(new)
             text = tokenizer.decode(new, skip_special_tokens=True)
             correct += example.target is not None and is_correct(text, example.target)
-            tokens, forwards, seconds = tokens + stats.new_tokens, forwards + stats.decode_forwards, seconds + stats.seconds
+            tokens, forwards, seconds = tokens + stats.new_tokens, forwards + stats.forwards, seconds + stats.seconds
+            if mode == "verify":
+                accepted, offered = accepted + stats.accepted, offered + stats.offered
             report(mode, index + 1, len(examples))
         scored = any(example.target is not None for example in examples)
         result["modes"][mode] = {
@@ -110,18 +115,20 @@ def evaluate(
             "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
             "new_tokens": tokens,
         }
+        if mode == "verify":
+            result["modes"][mode]["tau"] = sum(a + 1 for a in accepted) / max(len(accepted), 1)
+            result["modes"][mode]["acceptance_by_position"] = acceptance_rates(accepted, offered)
     if head is not None and greedy_outputs:
-        accepted: list[int] = []
+        accepted, offered = [], []
         for example, continuation in zip(examples, greedy_outputs):
             prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
-            if continuation:
-                accepted += acceptance(model, head, prompt, continuation).accepted
-        horizon = head.horizon
+            stats = acceptance(model, head, prompt, continuation)
+            accepted, offered = accepted + stats.accepted, offered + stats.offered
         result["acceptance"] = {
             "steps": len(accepted),
             "mean_accepted": sum(accepted) / max(len(accepted), 1),
-            "tokens_per_step": sum(a + 1 for a in accepted) / max(len(accepted), 1),
-            # P(the first k drafted tokens are all accepted), k = 1..H
-            "by_position": [sum(a >= k for a in accepted) / max(len(accepted), 1) for k in range(1, horizon + 1)],
+            "tau": sum(a + 1 for a in accepted) / max(len(accepted), 1),
+            # share of the drafts offered at position j = 1..H-1 that were accepted
+            "by_position": acceptance_rates(accepted, offered),
         }
     return result

@@ -26,6 +26,12 @@ def chat(
     ),
     raw: bool = typer.Option(False, "--raw", help="Same as --format raw."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer once and exit; '-' reads stdin."),
+    head: Optional[str] = typer.Option(
+        None, "--head", help="Run directory of a trained joint head: decode with it (the run's model)."
+    ),
+    head_mode: Optional[str] = typer.Option(
+        None, "--head-mode", help="verify (lossless, the model's own output) or draft (the head alone, lossy)."
+    ),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     overrides: SetOpt = None,
@@ -46,6 +52,8 @@ def chat(
         "generation.seed": seed,
         "chat.system": system,
         "chat.format": "raw" if raw else chat_format,
+        "chat.head": head,
+        "chat.head_mode": head_mode,
     }
     config = load_recipe(recipe or "chat", ChatRecipe, overrides or [], flags)
     if prompt is not None:
@@ -55,14 +63,36 @@ def chat(
 
     from tjdkit.chat import ChatSession
 
-    loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
+    joint_head = None
+    if config.chat.head:
+        loaded, tokenizer, joint_head, name = _load_head_run(config.chat.head, model, config.model)
+    else:
+        name = config.model.name
+        loaded, tokenizer = load_model_with_progress(name, config.model.dtype, config.model.device)
     session = ChatSession(
-        loaded, tokenizer, config.generation, config.chat.system, config.chat.format, config.model.name
+        loaded, tokenizer, config.generation, config.chat.system, config.chat.format, name,
+        head=joint_head, head_mode=config.chat.head_mode,
     )
     if prompt is not None:
         _one_shot(session, prompt)
     else:
-        _repl(session, config.model.name)
+        _repl(session, name)
+
+
+def _load_head_run(run_dir: str, model_flag: Optional[str], model_section):
+    """The run's model (with its backbone weights) and head; --model must name the same model if given."""
+    from tjdkit.cli.common import quiet_libraries
+    from tjdkit.errors import TjdkitError
+    from tjdkit.runs import checkpoint_dir, load_run, read_checkpoint
+    from tjdkit.ui.progress import stage_display
+
+    info = read_checkpoint(checkpoint_dir(run_dir))
+    if model_flag and model_flag != info["model"]:
+        raise TjdkitError(f"--head {run_dir} was trained on {info['model']}, not {model_flag} (drop --model)")
+    quiet_libraries()
+    with stage_display(stderr(), f"Loading {info['model']} and the {info['head']['name']} head"):
+        run = load_run(run_dir, dtype=model_section.dtype, device=model_section.device)
+    return run.model, run.tokenizer, run.head, info["model"]
 
 
 def _write(text: str) -> None:
@@ -73,7 +103,14 @@ def _write(text: str) -> None:
 def _stats_line(reply) -> str:
     first = f" · first token {reply.first_token_seconds:.2f} s" if reply.first_token_seconds is not None else ""
     stopped = " · stopped" if reply.interrupted else ""
-    return f"[dim]{reply.tokens} tokens · {reply.tokens_per_second:.1f} tok/s{first}{stopped}[/]"
+    decoding = ""
+    stats = reply.stats
+    if stats is not None and stats.mode == "verify":
+        by_position = " ".join(f"{rate:.2f}" for rate in stats.acceptance_by_position()) or "-"
+        decoding = f" · {stats.forwards} forwards · tau {stats.tau:.2f} · acceptance by position {by_position}"
+    elif stats is not None:
+        decoding = f" · {stats.forwards} forwards · {stats.tokens_per_forward:.2f} tokens/forward (draft, lossy)"
+    return f"[dim]{reply.tokens} tokens · {reply.tokens_per_second:.1f} tok/s{first}{decoding}{stopped}[/]"
 
 
 def _one_shot(session, prompt: str) -> None:

@@ -14,7 +14,9 @@ def evaluate(
     dataset: str = typer.Option("stemp", "--dataset", "-d", help="stemp, sharegpt or gsm8k."),
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many examples."),
     split: str = typer.Option("test", "--split", help="test, eval (stemp also: mild, hard)."),
-    modes: str = typer.Option("ar,draft", "--modes", help="Decoding modes for accuracy: ar, draft."),
+    modes: Optional[str] = typer.Option(
+        None, "--modes", help="Decoding modes: ar, draft, verify [default: all three for a run, ar for a plain model]."
+    ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     json_path: JsonOpt = None,
 ) -> None:
@@ -23,12 +25,12 @@ def evaluate(
     from rich.table import Table
 
     from tjdkit.data.sources import dataset_splits
-    from tjdkit.decoding import MODES
+    from tjdkit.decoding import HEAD_MODES, MODES
     from tjdkit.errors import TjdkitError
     from tjdkit.evaluate import evaluate as run_evaluation
     from tjdkit.runs import is_run, load_run
 
-    chosen = tuple(mode.strip() for mode in modes.split(",") if mode.strip())
+    chosen = tuple(mode.strip() for mode in (modes or ",".join(MODES)).split(",") if mode.strip())
     unknown = [mode for mode in chosen if mode not in MODES]
     if unknown or not chosen:
         raise TjdkitError(f"unknown mode '{','.join(unknown) or modes}' (use {', '.join(MODES)})")
@@ -41,9 +43,13 @@ def evaluate(
         model, tokenizer, head = run.model, run.tokenizer, run.head
         label = f"{target} ({run.info['head']['name']} head on {run.info['model']})"
     else:
-        chosen = tuple(mode for mode in chosen if mode == "ar")  # draft needs a head
-        if not chosen:
-            raise TjdkitError(f"draft decoding needs a trained head: '{target}' is a plain model (pass a run directory)")
+        with_head = [mode for mode in chosen if mode in HEAD_MODES]
+        if modes is None:
+            chosen = ("ar",)
+        elif with_head:
+            raise TjdkitError(
+                f"{with_head[0]} decoding needs a trained head: '{target}' is a plain model (pass a run directory)"
+            )
         model, tokenizer = load_model_with_progress(target)
         label = target
     console = stderr()
@@ -62,11 +68,12 @@ def evaluate(
         result = run_evaluation(model, tokenizer, head, dataset, limit, chosen, max_new_tokens, split, on_progress)
 
     table = Table(title=f"eval {label} on {dataset}/{split} ({result['examples']} examples)")
-    for column in ("mode", "accuracy", "tokens/forward", "tokens/s"):
+    for column in ("mode", "accuracy", "tokens/forward", "tau", "tokens/s"):
         table.add_column(column, justify="right")
     for mode, row in result["modes"].items():
         accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
-        table.add_row(mode, accuracy, f"{row['tokens_per_forward']:.2f}", f"{row['tokens_per_second']:.1f}")
+        tau = f"{row['tau']:.2f}" if "tau" in row else "-"
+        table.add_row(mode, accuracy, f"{row['tokens_per_forward']:.2f}", tau, f"{row['tokens_per_second']:.1f}")
     console = stdout()
     console.print(table)
     nll = result["nll"]
@@ -76,7 +83,7 @@ def evaluate(
         acc = result["acceptance"]
         by_position = " ".join(f"{p:.2f}" for p in acc["by_position"])
         console.print(
-            f"draft acceptance (greedy, along the model's own output): {acc['mean_accepted']:.2f} accepted + 1 "
-            f"= {acc['tokens_per_step']:.2f} tokens per step; P(first k accepted), k=1..H: {by_position}"
+            f"verify acceptance (greedy, along the model's own output): {acc['mean_accepted']:.2f} drafts accepted + 1 "
+            f"= tau {acc['tau']:.2f} tokens per verify forward; acceptance by draft position: {by_position}"
         )
     write_json(json_path, {"target": target, **result})

@@ -272,6 +272,7 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
         greedy: bool = True,
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
+        first: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
         """Draft H tokens one after the other from the head's joint distribution.
 
@@ -281,15 +282,32 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
         tempered by `temperature` when sampling (with `generator`). Rows are normalised over
         the full vocabulary, with zeros outside the draft vocabulary: what lossless
         speculative verification needs. Runs without gradients.
+
+        `first` [B] (token ids) fixes y_1 instead of drafting it: positions 2..H are then
+        drafted from p(y_2..y_H | y_1 = first, hidden). Verified decoding uses this: the
+        verifier already knows the next token, and the joint head conditions on it.
         """
         self._check_hidden(hidden)
         if hidden.dim() != 2:
             raise TjdkitError(f"{self.name} head: draft takes hidden [B, D], got {list(hidden.shape)}")
         if not greedy and not temperature > 0:
             raise TjdkitError(f"{self.name} head: sampling needs temperature > 0, got {temperature!r}")
+        forced = None
+        if first is not None:
+            first = torch.as_tensor(first, device=hidden.device).long().reshape(-1)
+            if first.shape != hidden.shape[:1]:
+                raise TjdkitError(f"{self.name} head: first must be [B] = [{hidden.shape[0]}], got {list(first.shape)}")
+            forced = self._local_index(first)  # [B]
+            if bool((forced < 0).any()):
+                raise TjdkitError(f"{self.name} head: first token outside the head's vocabulary (check in_vocab)")
+        position = 0
 
         def pick(log_u: Tensor) -> tuple[Tensor, Tensor]:
             # log_u [B, K]: unnormalised log conditional -> (token [B], q [B, K])
+            nonlocal position
+            position += 1
+            if forced is not None and position == 1:
+                return forced, torch.softmax(log_u, dim=-1)
             if greedy:
                 q = torch.softmax(log_u, dim=-1)
                 return q.argmax(dim=-1), q
