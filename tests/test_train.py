@@ -146,6 +146,27 @@ def test_self_distill_targets_are_the_models_own_greedy_continuations():
         assert len(new.input_ids) <= len(original.input_ids)
 
 
+def test_self_distill_runs_to_new_tokens_within_max_length_and_generates_each_prompt_once():
+    model, tokenizer = load_model("tiny-llama")
+    example = load_examples(recipe().data, tokenizer, "eval")[0]
+    calls = []
+    original_generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original_generate(*args, **kwargs)
+
+    model.generate = counting_generate
+    length = example.prompt_length + 30
+    distilled = self_distill(model, tokenizer, [example] * 5, batch_size=4, new_tokens=50, max_length=length)
+    assert calls == [1]  # five copies of one prompt: one row generated
+    ids = torch.tensor([example.input_ids[: example.prompt_length]])
+    with torch.no_grad():
+        expected = original_generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    for new in distilled:
+        assert new.input_ids == expected[0].tolist() and len(new.input_ids) <= length
+
+
 def test_frequent_tokens_rank_by_count_and_keep_eos():
     examples = [Example([5, 5, 5, 7, 7, 9], 1), Example([7, 5], 1)]
     assert frequent_token_ids(examples, 2, [1]).tolist() == [1, 5]

@@ -94,6 +94,9 @@ class DataSection:
     max_length: int = field(default=256, metadata={"min": 8})
     # Train on the base model's own greedy continuations (maximises acceptance when verifying).
     self_distill: bool = False
+    # Tokens each self-distilled continuation may run to (null: the original answer's length);
+    # set it to the length you decode (e.g. bench's --max-new-tokens). Capped by max_length.
+    distill_tokens: Optional[int] = field(default=None, metadata={"min": 1})
     seed: int = 0
 
 

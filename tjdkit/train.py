@@ -168,9 +168,13 @@ def train(
     eval_examples = load_examples(recipe.data, tokenizer, "eval")
     if recipe.data.self_distill:
         report = lambda done, total: emit({"kind": "distill", "done": done, "total": total})  # noqa: E731
-        train_examples = self_distill(model, tokenizer, train_examples, t.batch_size, report)
+        distill = dict(new_tokens=recipe.data.distill_tokens, max_length=recipe.data.max_length)
+        train_examples = self_distill(model, tokenizer, train_examples, t.batch_size, report, **distill)
+        # Checkpoints are chosen on held-out NLL: of the same kind of target the head trains on.
+        eval_examples = self_distill(model, tokenizer, eval_examples, t.batch_size, **distill)
     vocab_ids = None
-    if recipe.head.draft_vocab:
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    if recipe.head.draft_vocab and recipe.head.draft_vocab < vocab_size:  # else: the whole vocabulary
         vocab_ids = frequent_token_ids(train_examples, recipe.head.draft_vocab, [tokenizer.eos_token_id])
     head = build_run_head(recipe, model, vocab_ids).to(model.device)
     model = prepare_backbone(model, mode, recipe.backbone.lora_rank)

@@ -65,41 +65,55 @@ def self_distill(
     examples: list[Example],
     batch_size: int = 16,
     on_progress: Optional[Callable[[int, int], None]] = None,
+    new_tokens: Optional[int] = None,
+    max_length: Optional[int] = None,
 ) -> list[Example]:
     """Replace each answer by the model's own greedy continuation of the prompt.
 
     A head trained on the model's own outputs drafts what the verifier would have chosen,
-    which is what acceptance in verified decoding rewards. Each continuation gets the
-    same token budget the original answer had.
+    which is what acceptance in verified decoding rewards. Each continuation may run to
+    `new_tokens` (default: the length the original answer had), within `max_length` in all.
+    Repeated prompts are generated once.
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out: list[Example] = []
+
+    def budget(example: Example) -> int:
+        wanted = new_tokens if new_tokens is not None else len(example.input_ids) - example.prompt_length
+        room = max_length - example.prompt_length if max_length is not None else wanted
+        return max(min(wanted, room), 0)
+
+    distinct: dict[tuple[int, ...], int] = {}  # prompt -> the largest budget asked for it
+    for example in examples:
+        prompt = tuple(example.input_ids[: example.prompt_length])
+        distinct[prompt] = max(distinct.get(prompt, 0), budget(example))
+    prompts = list(distinct)
+    continuations: dict[tuple[int, ...], list[int]] = {}
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            prompts = [example.input_ids[: example.prompt_length] for example in chunk]
-            width = max(len(prompt) for prompt in prompts)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            width = max(len(prompt) for prompt in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # left padding for generation
             mask = torch.zeros_like(ids)
-            for row, prompt in enumerate(prompts):
+            for row, prompt in enumerate(chunk):
                 ids[row, width - len(prompt) :] = torch.tensor(prompt)
                 mask[row, width - len(prompt) :] = 1
-            budget = max(len(example.input_ids) - example.prompt_length for example in chunk)
             generated = model.generate(
                 input_ids=ids.to(model.device),
                 attention_mask=mask.to(model.device),
-                max_new_tokens=max(budget, 1),
+                max_new_tokens=max(max(distinct[prompt] for prompt in chunk), 1),
                 do_sample=False,
                 eos_token_id=eos,
                 pad_token_id=pad,
             )[:, width:].tolist()
-            for example, prompt, continuation in zip(chunk, prompts, generated):
-                limit = len(example.input_ids) - example.prompt_length
-                continuation = continuation[:limit]
+            for prompt, continuation in zip(chunk, generated):
                 if eos in continuation:
                     continuation = continuation[: continuation.index(eos) + 1]
-                out.append(replace(example, input_ids=prompt + continuation))
+                continuations[prompt] = continuation
             if on_progress:
-                on_progress(len(out), len(examples))
+                on_progress(min(start + batch_size, len(prompts)), len(prompts))
+    out = []
+    for example in examples:
+        prompt = example.input_ids[: example.prompt_length]
+        out.append(replace(example, input_ids=prompt + continuations[tuple(prompt)][: budget(example)]))
     return out

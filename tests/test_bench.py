@@ -1,0 +1,109 @@
+"""`tjdkit bench` as a user runs it: a head trained once and cached, every mode timed, parity checked."""
+
+import json
+
+import pytest
+
+from tjdkit.config import TrainRecipe
+from tjdkit.recipes import load_recipe
+
+SMALL = ["data.train_size=32", "data.eval_size=4", "data.distill_tokens=24", "train.max_steps=4",
+         "train.eval_every=2", "train.save_every=2"]
+BENCH = ["bench", "--model", "tiny-llama", "--rank", "2", "--horizon", "3", "--prompts", "2", "--max-new-tokens", "12"]
+
+
+@pytest.fixture
+def small_bench_recipe(monkeypatch):
+    """bench-<dataset> with the sizes cut down, so that training the head takes seconds."""
+    import tjdkit.bench
+
+    original = tjdkit.bench.bench_recipe
+
+    def small(dataset, model, head, rank, horizon):
+        recipe = original(dataset, model, head, rank, horizon)
+        return load_recipe(f"bench-{dataset}", TrainRecipe, SMALL, {
+            "model.name": recipe.model.name, "head.name": head, "head.rank": rank, "head.horizon": horizon})
+
+    monkeypatch.setattr(tjdkit.bench, "bench_recipe", small)
+
+
+def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_recipe):
+    code, out, err = run_cli(*BENCH, "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"))
+    assert code == 0, err
+    assert "training one with recipe bench-stemp" in " ".join(err.split())
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["head"]["trained_now"] and result["head"]["rank"] == 2 and result["head"]["horizon"] == 3
+    assert list(result["modes"]) == ["ar", "hf", "draft", "verify", "lookup"]
+    assert result["parity"] is True
+    outputs = result["outputs"]
+    assert outputs["verify"] == outputs["ar"] == outputs["hf"] == outputs["lookup"]  # every lossless mode
+    verify = result["modes"]["verify"]
+    assert verify["tau"] >= 1.0 and len(verify["acceptance_by_position"]) == 2
+    assert result["modes"]["ar"]["speedup"] == 1.0 and result["modes"]["ar"]["tokens_per_forward"] == 1.0
+    for row in result["modes"].values():
+        assert row["tokens_per_second"] > 0 and row["peak_memory_mb"] > 0 and row["new_tokens"] == 24
+    assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] >= 1
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "all lossless modes identical to ar" in out and "verify" in out
+
+    code, out, err = run_cli(*BENCH, "--modes", "ar,verify", "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    assert "using the cached cp head" in " ".join(err.split()) and "training" not in err
+    again = json.loads((tmp_path / "c.json").read_text())
+    assert not again["head"]["trained_now"] and list(again["modes"]) == ["ar", "verify"]
+    assert again["head"]["run_dir"] == result["head"]["run_dir"]
+
+
+def test_interrupted_head_training_is_resumed_not_used(tmp_path, monkeypatch, small_bench_recipe):
+    from tjdkit.bench import head_cache_dir, resolve_head_run
+    from tjdkit.runs import is_run
+
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
+
+    def stop_after_a_checkpoint(event):
+        if event.get("kind") == "step" and event.get("step") == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        resolve_head_run("tiny-llama", "cp", 2, 3, "stemp", on_event=stop_after_a_checkpoint)
+    final = head_cache_dir("tiny-llama", "cp", 2, 3, "stemp")
+    partial = final.with_name(final.name + ".training")
+    assert not final.exists() and is_run(partial)
+    events = []
+    run_dir, trained = resolve_head_run("tiny-llama", "cp", 2, 3, "stemp", on_event=events.append)
+    assert (run_dir, trained) == (final, True) and is_run(final) and not partial.exists()
+    assert [event["step"] for event in events if event.get("kind") == "resume"] == [2]  # the last checkpoint
+
+
+def test_bench_with_a_given_run(run_cli, tmp_path):
+    from tjdkit.train import train
+
+    run_dir = tmp_path / "run"
+    train(load_recipe("tiny-stemp", TrainRecipe, ["data.train_size=16", "data.eval_size=4", "train.max_steps=2",
+                                                  "head.horizon=3"]), run_dir)
+    code, out, err = run_cli("bench", "--head-dir", str(run_dir), "--prompts", "1", "--max-new-tokens", "6",
+                             "--modes", "ar,verify,draft", "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["model"] == "tiny-llama" and result["head"]["run_dir"] == str(run_dir)
+    assert result["parity"] is True and result["outputs"]["verify"] == result["outputs"]["ar"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--modes", "ar,beam"], "unknown bench mode"),
+        (["--modes", "ar,ar"], "twice"),
+        (["--horizon", "1"], "horizon"),
+        (["--dataset", "gsm8k"], "no bench recipe"),
+        (["--split", "nope"], "unknown split"),
+        (["--head", "stp"], "multi-token head"),
+        (["--plot", "out.txt"], "PNG"),
+        (["--head-dir", "./no/such/run"], "run directory not found"),
+        (["--prompts", "0"], "prompts"),
+    ],
+)
+def test_bench_user_errors_are_one_line_and_exit_2(run_cli, args, message):
+    code, out, err = run_cli("bench", "--model", "tiny-llama", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,154 @@
+"""Benchmark decoding: ar vs draft vs verify (and transformers' baselines), in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tjdkit.cli.common import JsonOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+
+
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to benchmark [default: gemma3]."),
+    head: str = typer.Option("cp", "--head", help="Joint head: cp, mps or multihead."),
+    rank: int = typer.Option(4, "--rank", min=1, help="CP rank / MPS bond dimension."),
+    horizon: int = typer.Option(4, "--horizon", min=2, max=16, help="Tokens the head predicts per step."),
+    dataset: str = typer.Option("stemp", "--dataset", "-d", help="Prompts (and training data): stemp or sharegpt."),
+    split: str = typer.Option("test", "--split", help="Which prompts: test (stemp also: mild, hard)."),
+    prompts: int = typer.Option(5, "--prompts", "-n", min=1, help="How many prompts."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
+    modes: str = typer.Option(",".join(("ar", "hf", "draft", "verify", "lookup")), "--modes",
+                              help="Comma-separated: ar, hf, draft, verify, lookup."),
+    head_dir: Optional[Path] = typer.Option(None, "--head-dir", help="Use this trained run instead of the cached head."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw tokens/s and acceptance to this PNG."),
+    json_path: JsonOpt = None,
+) -> None:
+    """Benchmark decoding: ar vs draft vs verify (and transformers' baselines), in one run.
+
+    With no --head-dir, uses the cached head for (model, head, rank, horizon, dataset),
+    training it once with the bench-<dataset> recipe when there is none.
+    """
+    from tjdkit.bench import BENCH_MODES, NEEDS_HEAD
+    from tjdkit.data.sources import dataset_splits
+    from tjdkit.errors import TjdkitError
+
+    chosen = tuple(mode.strip() for mode in modes.split(",") if mode.strip())
+    unknown = [mode for mode in chosen if mode not in BENCH_MODES]
+    if unknown or not chosen:
+        raise TjdkitError(f"unknown bench mode '{','.join(unknown) or modes}' (use {', '.join(BENCH_MODES)})")
+    if len(set(chosen)) != len(chosen):
+        raise TjdkitError(f"--modes lists a mode twice: {modes}")
+    if split not in dataset_splits(dataset):
+        raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
+    if head not in ("cp", "mps", "multihead"):
+        raise TjdkitError(f"bench needs a multi-token head: cp, mps or multihead, not {head!r}")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise TjdkitError(f"--plot writes a PNG: give a path ending in .png, not {plot}")
+
+    quiet_libraries()
+    console = stderr()
+    needs_head = any(mode in NEEDS_HEAD for mode in chosen)
+    run_dir, trained = None, False
+    if needs_head:
+        run_dir, trained = _head_run(head_dir, model, head, rank, horizon, dataset, console)
+        loaded, tokenizer, joint_head, model_name = _load(run_dir, model)
+    else:
+        model_name = model or "gemma3"
+        loaded, tokenizer = load_model_with_progress(model_name)
+        joint_head = None
+    _run_and_report(loaded, tokenizer, joint_head, model_name, run_dir, trained, dataset, split, prompts,
+                    chosen, max_new_tokens, plot, json_path)
+
+
+def _head_run(head_dir, model, head, rank, horizon, dataset, console):
+    from tjdkit.bench import bench_recipe, head_cache_dir, resolve_head_run
+    from tjdkit.runs import checkpoint_dir, is_run
+
+    if head_dir is not None:
+        checkpoint_dir(head_dir)  # one clear line when it is not a run
+        return head_dir, False
+    model_name = model or "gemma3"
+    cached = head_cache_dir(model_name, head, rank, horizon, dataset)
+    if is_run(cached):
+        console.print(f"[dim]using the cached {head} head {cached}[/]")
+        return cached, False
+    recipe = bench_recipe(dataset, model_name, head, rank, horizon)
+    from tjdkit.train import check_head
+    from tjdkit.ui.training import TrainDisplay
+
+    check_head(recipe)
+    console.print(
+        f"[bold]No trained {head} head (rank {rank}, horizon {horizon}) for {model_name} on {dataset} yet:[/] "
+        f"training one with recipe bench-{dataset} (once; cached in {cached})"
+    )
+    loaded = load_model_with_progress(model_name)
+    with TrainDisplay(console) as display:
+        run_dir, trained = resolve_head_run(model_name, head, rank, horizon, dataset, loaded, display)
+    return run_dir, trained
+
+
+def _load(run_dir: Path, model_flag: Optional[str]):
+    from tjdkit.errors import TjdkitError
+    from tjdkit.runs import checkpoint_dir, load_run, read_checkpoint
+    from tjdkit.ui.progress import stage_display
+
+    info = read_checkpoint(checkpoint_dir(run_dir))
+    if model_flag and model_flag != info["model"]:
+        raise TjdkitError(f"{run_dir} holds a head for {info['model']}, not {model_flag} (drop --model)")
+    with stage_display(stderr(), f"Loading {info['model']} and the head from {run_dir}"):
+        run = load_run(run_dir)
+    return run.model, run.tokenizer, run.head, info["model"]
+
+
+def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, modes,
+                    max_new_tokens, plot, json_path) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tjdkit.bench import bench_prompts, environment, run_bench
+    from tjdkit.ui.bench import bench_table, parity_lines, save_plot
+
+    prompts = bench_prompts(tokenizer, dataset, split, count)
+    console = stderr()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done)
+
+    with progress:
+        result = run_bench(model, tokenizer, head, prompts, modes, max_new_tokens, on_progress=on_progress)
+
+    env = environment(model)
+    head_text = f"{head.name} head r{head.rank} H{head.horizon}" if head is not None else "no head"
+    title = (f"bench {model_name} · {head_text} · {dataset}/{split} · {len(prompts)} prompts x {max_new_tokens} "
+             f"new tokens · greedy · {env['device']} {env['dtype']}, {env['threads']} threads")
+    out = stdout()
+    out.print(bench_table(result, title))
+    for line in parity_lines(result):
+        out.print(line)
+    parity = result.get("parity", {})
+    lossless_ok = all(p["identical"] for p in parity.values() if p["lossless"])
+    if parity:
+        verdict = "[green]all lossless modes identical to ar[/]" if lossless_ok else "[red]a lossless mode differs from ar[/]"
+        out.print(verdict)
+    if plot is not None:
+        save_plot(result, plot, title)
+        console.print(f"[dim]wrote {plot}[/]")
+    write_json(json_path, {
+        "model": model_name,
+        "head": {"run_dir": str(run_dir), "trained_now": trained, **head.config()} if head is not None else None,
+        "dataset": dataset,
+        "split": split,
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+        "environment": env,
+        "parity": lossless_ok,  # every lossless mode's output identical to ar's on every prompt
+        **{key: value for key, value in result.items() if key != "parity"},
+        "parity_by_mode": parity,
+    })

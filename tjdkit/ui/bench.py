@@ -1,0 +1,99 @@
+"""How `tjdkit bench` shows its result: a rich table, parity lines, and a matplotlib figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+MODE_NOTES = {
+    "ar": "tjdkit, one token per forward",
+    "hf": "transformers generate, greedy",
+    "draft": "joint head alone (lossy)",
+    "verify": "joint head + verification (lossless)",
+    "lookup": "transformers prompt lookup (lossless)",
+}
+
+
+def bench_table(result: dict, title: str) -> Table:
+    notes = " · ".join(f"{mode}: {MODE_NOTES[mode]}" for mode in result["modes"])
+    table = Table(title=title, caption=notes)
+    for column in ("mode", "tok/s", "speedup", "ms/token", "s/prompt", "tok/fwd", "tau", "accepted by position",
+                   "peak MB", "= ar"):
+        table.add_column(column, justify="left" if column in ("mode", "accepted by position") else "right")
+    parity = result.get("parity", {})
+    for mode, row in result["modes"].items():
+        same = parity.get(mode)
+        if mode == "ar":
+            same_text = "-"
+        elif same["identical"]:
+            same_text = "[green]identical[/]"
+        else:
+            colour = "red" if same["lossless"] else "yellow"
+            same_text = f"[{colour}]{same['identical_prompts']}/{len(result['per_prompt'])}[/]"
+        by_position = " ".join(f"{rate:.2f}" for rate in row.get("acceptance_by_position", [])) or "-"
+        table.add_row(
+            mode,
+            f"{row['tokens_per_second']:.1f}",
+            f"{row['speedup']:.2f}x" if "speedup" in row else "-",
+            f"{row['ms_per_token']:.0f}",
+            f"{row['seconds_per_prompt']:.1f}",
+            f"{row['tokens_per_forward']:.2f}",
+            f"{row['tau']:.2f}" if "tau" in row else "-",
+            by_position,
+            f"{row['peak_memory_mb']:.0f}",
+            same_text,
+        )
+    return table
+
+
+def parity_lines(result: dict) -> list[str]:
+    """One line per mode whose output differs from ar: where, and the two texts there."""
+    lines = []
+    for mode, parity in result.get("parity", {}).items():
+        for diff in parity["diffs"][:3]:
+            kind = "[red]NOT lossless[/]" if parity["lossless"] else "[dim]lossy, expected[/]"
+            lines.append(
+                f"{mode} differs from ar on prompt {diff['prompt']} at token {diff['first_difference']} ({kind}): "
+                f"ar {diff['ar']!r} vs {mode} {diff[mode]!r}"
+            )
+    return lines
+
+
+def save_plot(result: dict, path: Path, title: str) -> None:
+    """Tokens/s by mode (with speedup labels) and verify's acceptance by draft position, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tjdkit.fileio import atomic_write_bytes
+
+    modes = list(result["modes"])
+    rows = [result["modes"][mode] for mode in modes]
+    verify = result["modes"].get("verify")
+    figure, axes = plt.subplots(1, 2 if verify else 1, figsize=(11 if verify else 6, 4), squeeze=False)
+    speed = axes[0][0]
+    bars = speed.bar(modes, [row["tokens_per_second"] for row in rows], color="#4C72B0")
+    for bar, row in zip(bars, rows):
+        if "speedup" in row:
+            speed.annotate(f"{row['speedup']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                           ha="center", va="bottom", fontsize=9)
+    speed.set_ylabel("tokens / s")
+    speed.set_title("decoding speed")
+    if verify:
+        rates = verify["acceptance_by_position"]
+        accept = axes[0][1]
+        accept.bar([str(j) for j in range(1, len(rates) + 1)], rates, color="#55A868")
+        accept.set_ylim(0, 1)
+        accept.set_xlabel("draft position")
+        accept.set_ylabel("accepted / offered")
+        accept.set_title(f"verify acceptance (tau {verify['tau']:.2f})")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
