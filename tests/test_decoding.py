@@ -274,7 +274,7 @@ class OracleHead:
     def in_vocab(self, tokens):
         return torch.ones_like(tokens, dtype=torch.bool)
 
-    def draft(self, hidden, greedy=True, temperature=1.0, generator=None, first=None):
+    def draft(self, hidden, greedy=True, temperature=1.0, generator=None, first=None, conditionals=True):
         self.calls += 1
         row = int((self.hidden - hidden).norm(dim=-1).argmin())
         i = row - self.start  # hidden row predicts reference[i]
@@ -386,7 +386,7 @@ class DistortedHead:
     def in_vocab(self, tokens):
         return torch.ones_like(tokens, dtype=torch.bool)
 
-    def draft(self, hidden, greedy=True, temperature=1.0, generator=None, first=None):
+    def draft(self, hidden, greedy=True, temperature=1.0, generator=None, first=None, conditionals=True):
         prefix = list(self.prefixes[int((self.hidden - hidden).norm(dim=-1).argmin())]) + [int(first)]
         tokens, qs = [int(first)], [torch.zeros(self.vocab_size)]
         for _ in range(self.horizon - 1):

@@ -149,6 +149,32 @@ def test_greedy_draft_matches_brute_force_conditionals(name, positivity, draft_v
             assert int(tokens[b, h]) == int(cond.argmax())
 
 
+@pytest.mark.parametrize("draft_vocab", [None, DRAFT_IDS], ids=["full", "subset"])
+@pytest.mark.parametrize("name", ["multihead", "cp", "mps"])
+def test_draft_with_a_given_first_token_conditions_on_it(name, draft_vocab):
+    """first=y1: positions 2..H are the brute-force conditionals given y1 (what verify drafts from)."""
+    head = make(name, V=6, H=3, draft_vocab=draft_vocab and torch.tensor(draft_vocab))
+    hidden = torch.randn(3, 4, dtype=torch.float64)
+    joint = brute_joint(head, hidden)
+    allowed = draft_vocab or list(range(6))
+    first = torch.tensor([allowed[0], allowed[-1], allowed[1]])
+    tokens, q = head.draft(hidden, greedy=True, first=first)
+    assert torch.equal(tokens[:, 0], first)
+    for b in range(3):
+        for h in range(1, 3):
+            cond = brute_conditional(joint[b], tokens[b, :h].tolist())
+            torch.testing.assert_close(q[b, h], cond, atol=1e-9, rtol=1e-7)
+            assert int(tokens[b, h]) == int(cond.argmax())
+    same, none = head.draft(hidden, greedy=True, first=first, conditionals=False)
+    assert torch.equal(same, tokens) and none is None
+    if draft_vocab:
+        outside = next(t for t in range(6) if t not in draft_vocab)
+        with pytest.raises(TjdkitError, match="outside the head's vocabulary"):
+            head.draft(hidden[:1], first=torch.tensor([outside]))
+    with pytest.raises(TjdkitError, match="first must be"):
+        head.draft(hidden, first=torch.tensor([1]))
+
+
 @pytest.mark.parametrize("name", ["multihead", "cp", "mps"])
 def test_sampled_draft_is_reproducible_and_follows_the_joint(name):
     head = make(name, H=2, R=3, dtype=torch.float32, positivity="exp")

@@ -227,8 +227,13 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
         """hidden [B, D] -> log f [B, C, K] and log Z [B, C] (None when normalised), compute dtype."""
         x = self._input(hidden)
         emb = torch.einsum("bd,ced->bce", x, self.proj)  # [B, C, E]
-        logits = self.decoder(emb).to(self._compute_dtype())  # [B, C, K]
-        return log_factors(logits, self.positivity)
+        if emb.device.type == "cpu" and not torch.is_grad_enabled() and emb.shape[0] * emb.shape[1] <= 64:
+            # Decoding: weight @ emb^T is ~2x faster than nn.Linear's path for a few rows on the CPU.
+            flat = emb.reshape(-1, emb.shape[-1])  # [B*C, E]
+            logits = (self.decoder.weight @ flat.T).T.reshape(*emb.shape[:2], -1)  # [B, C, K]
+        else:
+            logits = self.decoder(emb)  # [B, C, K]
+        return log_factors(logits.to(self._compute_dtype()), self.positivity)
 
     def _linear_log_softmax(self, linear: nn.Linear, hidden: Tensor, shape: tuple[int, ...]) -> Tensor:
         """A small Linear on the hidden state, reshaped to [B, *shape], log_softmax on the last dim."""
@@ -273,7 +278,8 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
         first: Optional[Tensor] = None,
-    ) -> tuple[Tensor, Tensor]:
+        conditionals: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Draft H tokens one after the other from the head's joint distribution.
 
         hidden [B, D] -> (tokens [B, H] long, q [B, H, V] float32, float64 for a float64 head). q[:, h] is the
@@ -286,6 +292,7 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
         `first` [B] (token ids) fixes y_1 instead of drafting it: positions 2..H are then
         drafted from p(y_2..y_H | y_1 = first, hidden). Verified decoding uses this: the
         verifier already knows the next token, and the joint head conditions on it.
+        `conditionals=False` returns q = None (greedy verification does not need it).
         """
         self._check_hidden(hidden)
         if hidden.dim() != 2:
@@ -315,6 +322,8 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
             return torch.multinomial(q, 1, generator=generator).squeeze(-1), q
 
         local, q_local = self._draft_local(hidden, pick)  # [B, H], [B, H, K]
+        if not conditionals:
+            return (local if self.vocab_ids is None else self.vocab_ids.to(local.device)[local]), None
         if self.vocab_ids is None:
             return local, q_local
         ids = self.vocab_ids.to(local.device)
