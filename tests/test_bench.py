@@ -89,6 +89,16 @@ def test_bench_with_a_given_run(run_cli, tmp_path):
     assert result["parity"] is True and result["outputs"]["verify"] == result["outputs"]["ar"]
 
 
+def test_head_cache_names_are_one_safe_directory(tmp_path, monkeypatch):
+    from tjdkit.bench import head_cache_dir
+
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
+    assert head_cache_dir("gemma3", "cp", 4, 4, "stemp") == tmp_path / "heads" / "gemma3-cp-r4-h4-stemp"
+    for model in ("google/gemma-3-1b-it", "/models/x.gguf", "../up"):
+        path = head_cache_dir(model, "cp", 4, 4, "stemp")
+        assert path.parent == tmp_path / "heads" and "/" not in path.name and not path.name.startswith(".")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

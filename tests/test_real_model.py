@@ -70,3 +70,41 @@ def test_readme_one_shot_prints_the_models_own_continuation(gemma_dir):
     expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert result.stdout == expected + "\n"
     assert len(expected.split()) >= 8  # e.g. " the most populous city in Europe. It has a population of 10,"
+
+
+def test_verify_on_gemma_is_greedy_ar_token_for_token(gemma_dir):
+    """An untrained head (mostly rejected drafts) and an oracle head (every acceptance length):
+    verify's output is the model's greedy output either way, through its sliding window too."""
+    from tests.test_decoding import OracleHead
+    from tjdkit.decoding import generate
+    from tjdkit.heads import build_head
+    from tjdkit.models import load_model
+
+    model, tokenizer = load_model("gemma3")
+    weight = model.get_output_embeddings().weight.detach()
+    torch.manual_seed(0)
+    head = build_head("cp", hidden_size=640, vocab_size=weight.shape[0], rank=2, horizon=4, draft_vocab=4096,
+                      lm_head_weight=weight).eval()
+    for text in ("The capital of France is", "def fibonacci(n):"):
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        reference, _ = generate(model, ids, mode="ar", max_new_tokens=40)
+        tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=40)
+        assert tokens == reference and stats.forwards == 1 + len(stats.accepted)
+        oracle = OracleHead(model, ids, reference, 4, weight.shape[0])
+        tokens, stats = generate(model, ids, mode="verify", head=oracle, max_new_tokens=40)
+        assert tokens == reference and {0, 1, 2, 3} <= set(stats.accepted)
+
+
+def test_readme_main_job_bench_reports_parity(gemma_dir, tmp_path):
+    """The README's first command: trains the bench head on a fresh machine (cached after), then benchmarks."""
+    import json
+
+    out = tmp_path / "out.json"
+    result = subprocess.run([sys.executable, "-m", "tjdkit", "bench", "--head", "cp", "--horizon", "4", "--json", str(out)],
+                            capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["parity"] is True and report["prompts"] == 5 and report["max_new_tokens"] == 128
+    assert set(report["modes"]) == {"ar", "hf", "draft", "verify", "lookup"}
+    assert report["modes"]["verify"]["tau"] > 2.5  # 3.46 measured; a floor against a broken head or decoder
+    assert "verify" in result.stdout and "identical" in result.stdout

@@ -38,9 +38,13 @@ ProgressCallback = Optional[Callable[[str, int, int], None]]
 
 
 def head_cache_dir(model: str, head: str, rank: int, horizon: int, dataset: str) -> Path:
+    """One directory per key; model paths and hub ids (slashes) become one safe name."""
+    import re
+
     from tjdkit.models.cache import cache_root
 
-    return cache_root() / "heads" / f"{model}-{head}-r{rank}-h{horizon}-{dataset}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model"
+    return cache_root() / "heads" / f"{safe}-{head}-r{rank}-h{horizon}-{dataset}"
 
 
 def bench_recipe(dataset: str, model: str, head: str, rank: int, horizon: int):
