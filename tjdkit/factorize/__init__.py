@@ -1,0 +1,52 @@
+"""Factorised attention: shared-factor Tucker (TensorLLM) of each layer's Q/K/V/O weights.
+
+    from tjdkit.factorize import DEFAULT_ENERGY, attention_tensor, auto_ranks, mode_spectra, tucker_layer
+    from tjdkit.factorize import install_factorized, materialize
+    W = attention_tensor(attn, model.config)               # [d_model, head_dim, 4, heads]
+    ranks = auto_ranks(mode_spectra(W), DEFAULT_ENERGY)    # or parse_rank("64,32,4")
+    tucker = tucker_layer(W, ranks)
+    install_factorized(attn, model.config, tucker)         # or materialize(attn, config, tucker.reconstruct())
+
+The core takes specs and tensors and raises TjdkitError on user mistakes; the CLI renders.
+"""
+
+from __future__ import annotations
+
+from tjdkit.factorize.rank import DEFAULT_ENERGY, auto_ranks, mode_spectra
+from tjdkit.factorize.specs import MODE_NAMES, check_rank, parse_layers, parse_rank
+from tjdkit.factorize.tucker import (
+    ROLES,
+    AttentionShape,
+    FactorizedAttentionProjections,
+    TuckerAttention,
+    TuckerProjection,
+    attention_shape,
+    attention_tensor,
+    dense_num_parameters,
+    dense_weights,
+    install_factorized,
+    materialize,
+    tucker_layer,
+)
+
+__all__ = [
+    "DEFAULT_ENERGY",
+    "MODE_NAMES",
+    "ROLES",
+    "AttentionShape",
+    "FactorizedAttentionProjections",
+    "TuckerAttention",
+    "TuckerProjection",
+    "attention_shape",
+    "attention_tensor",
+    "auto_ranks",
+    "check_rank",
+    "dense_num_parameters",
+    "dense_weights",
+    "install_factorized",
+    "materialize",
+    "mode_spectra",
+    "parse_layers",
+    "parse_rank",
+    "tucker_layer",
+]
