@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import JsonOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import (
+    JsonOpt,
+    load_model_with_progress,
+    load_run_with_progress,
+    quiet_libraries,
+    stderr,
+    stdout,
+    write_json,
+)
 
 
 def bench(
@@ -53,7 +61,8 @@ def bench(
     run_dir, trained = None, False
     if needs_head:
         run_dir, trained = _head_run(head_dir, model, head, rank, horizon, dataset, console)
-        loaded, tokenizer, joint_head, model_name = _load(run_dir, model)
+        run = load_run_with_progress(run_dir, model)
+        loaded, tokenizer, joint_head, model_name = run.model, run.tokenizer, run.head, run.info["model"]
     else:
         model_name = model or "gemma3"
         loaded, tokenizer = load_model_with_progress(model_name)
@@ -87,19 +96,6 @@ def _head_run(head_dir, model, head, rank, horizon, dataset, console):
     with TrainDisplay(console) as display:
         run_dir, trained = resolve_head_run(model_name, head, rank, horizon, dataset, loaded, display)
     return run_dir, trained
-
-
-def _load(run_dir: Path, model_flag: Optional[str]):
-    from tjdkit.errors import TjdkitError
-    from tjdkit.runs import checkpoint_dir, load_run, read_checkpoint
-    from tjdkit.ui.progress import stage_display
-
-    info = read_checkpoint(checkpoint_dir(run_dir))
-    if model_flag and model_flag != info["model"]:
-        raise TjdkitError(f"{run_dir} holds a head for {info['model']}, not {model_flag} (drop --model)")
-    with stage_display(stderr(), f"Loading {info['model']} and the head from {run_dir}"):
-        run = load_run(run_dir)
-    return run.model, run.tokenizer, run.head, info["model"]
 
 
 def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, modes,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import RecipeOpt, SetOpt, load_model_with_progress, stderr
+from tjdkit.cli.common import RecipeOpt, SetOpt, load_model_with_progress, load_run_with_progress, stderr
 
 HELP_LINE = "/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
 
@@ -65,7 +65,8 @@ def chat(
 
     joint_head = None
     if config.chat.head:
-        loaded, tokenizer, joint_head, name = _load_head_run(config.chat.head, model, config.model)
+        run = load_run_with_progress(config.chat.head, model, config.model.dtype, config.model.device)
+        loaded, tokenizer, joint_head, name = run.model, run.tokenizer, run.head, run.info["model"]
     else:
         name = config.model.name
         loaded, tokenizer = load_model_with_progress(name, config.model.dtype, config.model.device)
@@ -77,22 +78,6 @@ def chat(
         _one_shot(session, prompt)
     else:
         _repl(session, name)
-
-
-def _load_head_run(run_dir: str, model_flag: Optional[str], model_section):
-    """The run's model (with its backbone weights) and head; --model must name the same model if given."""
-    from tjdkit.cli.common import quiet_libraries
-    from tjdkit.errors import TjdkitError
-    from tjdkit.runs import checkpoint_dir, load_run, read_checkpoint
-    from tjdkit.ui.progress import stage_display
-
-    info = read_checkpoint(checkpoint_dir(run_dir))
-    if model_flag and model_flag != info["model"]:
-        raise TjdkitError(f"--head {run_dir} was trained on {info['model']}, not {model_flag} (drop --model)")
-    quiet_libraries()
-    with stage_display(stderr(), f"Loading {info['model']} and the {info['head']['name']} head"):
-        run = load_run(run_dir, dtype=model_section.dtype, device=model_section.device)
-    return run.model, run.tokenizer, run.head, info["model"]
 
 
 def _write(text: str) -> None:

@@ -61,3 +61,21 @@ def load_model_with_progress(name: str, dtype: str = "auto", device: str = "auto
     quiet_libraries()
     with stage_display(stderr(), f"Loading {name}") as on_stage:
         return load_model(name, dtype=dtype, device=device, seed=seed, on_stage=on_stage)
+
+
+def load_run_with_progress(run_dir, model_flag: Optional[str] = None, dtype: str = "auto", device: str = "auto"):
+    """A trained run's model (with its backbone weights), tokenizer and head, with a spinner.
+
+    `model_flag` (a --model the user also gave) must name the run's own model: checked
+    before anything slow is loaded.
+    """
+    from tjdkit.errors import TjdkitError
+    from tjdkit.runs import checkpoint_dir, load_run, read_checkpoint
+    from tjdkit.ui.progress import stage_display
+
+    info = read_checkpoint(checkpoint_dir(run_dir))
+    if model_flag and model_flag != info["model"]:
+        raise TjdkitError(f"{run_dir} was trained on {info['model']}, not {model_flag} (drop --model)")
+    quiet_libraries()
+    with stage_display(stderr(), f"Loading {info['model']} and the {info['head']['name']} head from {run_dir}"):
+        return load_run(run_dir, dtype=dtype, device=device)
