@@ -127,3 +127,36 @@ class TrainRecipe:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     out: Optional[str] = None
+
+
+@dataclass
+class FactorizeSection:
+    # tucker: shared-factor Tucker of Q/K/V/O per layer (TensorLLM); tpa: Q/K/V as contextual
+    # tensor products with a KV cache of factors (T6).
+    method: Literal["tucker", "tpa"] = "tucker"
+    # auto (by --energy), explicit ranks (tucker R_dmodel,R_headdim,R_role; tpa R_q,R_k,R_v) or,
+    # for tucker, a parameter-compression target like 2x.
+    rank: str = "auto"
+    energy: float = field(default=0.99, metadata={"gt": 0.0, "max": 1.0})
+    layers: str = "all"
+    # Per-layer rank specs that override `rank`, e.g. {"5": "320,160,4"}.
+    layer_ranks: dict[str, str] = field(default_factory=dict)
+    materialize: bool = False
+    # tucker: weigh the decomposition by the calibration text's activations (false: data-free TensorLLM).
+    activation_aware: bool = True
+    # Text for activations (tpa refinement, activation-aware tucker): a dataset, a .txt file or the text.
+    calibration: str = "sharegpt"
+    calibration_tokens: int = field(default=512, metadata={"min": 16})
+    steps: int = field(default=100, metadata={"min": 0})
+    lr: float = field(default=1e-3, metadata={"gt": 0.0})
+    # Tokens of the fixed held-out text (ShareGPT test split) for perplexity; 0 skips it.
+    eval_tokens: int = field(default=1024, metadata={"min": 0})
+
+
+@dataclass
+class FactorizeRecipe:
+    command: ClassVar[str] = "factorize"
+    description: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    factorize: FactorizeSection = field(default_factory=FactorizeSection)
+    out: Optional[str] = None

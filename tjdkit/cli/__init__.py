@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import typer
 
 from tjdkit import __version__
-from tjdkit.cli import bench_cmd, chat_cmd, eval_cmd, models_cmd, recipes_cmd, train_cmd
+from tjdkit.cli import bench_cmd, chat_cmd, eval_cmd, factorize_cmd, models_cmd, recipes_cmd, train_cmd
 from tjdkit.errors import TjdkitError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("train", help=train_cmd.__doc__)(train_cmd.train)
 app.command("eval", help=eval_cmd.__doc__)(eval_cmd.evaluate)
 app.command("chat", help=chat_cmd.__doc__)(chat_cmd.chat)
 app.command("bench", help=bench_cmd.__doc__)(bench_cmd.bench)
+app.command("factorize", help=factorize_cmd.__doc__)(factorize_cmd.factorize)
 
 
 def _version(value: bool) -> None:

