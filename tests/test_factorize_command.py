@@ -12,7 +12,7 @@ import torch
 from tjdkit.errors import TjdkitError
 from tjdkit.factorize import attention_shape, attention_tensor, tucker_layer
 from tjdkit.factorize.convert import FactorizeOptions, decoder_layers, factorize_model
-from tjdkit.factorize.ranks import compression_ranks, factorized_num_parameters, parse_compression
+from tjdkit.factorize.budget import compression_ranks, factorized_num_parameters, parse_compression
 from tjdkit.factorize.texts import calibration_ids, heldout_ids, perplexity
 from tjdkit.factorize.tucker import FactorizedAttentionProjections, activation_scale, dense_num_parameters
 from tjdkit.models import load_model
@@ -194,3 +194,45 @@ def test_unsupported_architecture_and_existing_out(run_cli, tmp_path):
     code, _, err = run_cli("factorize", "tiny-llama", "--eval-tokens", "0", "--out", str(out))
     assert code == 2 and "already exists" in err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_tpa_full_rank_keeps_the_model_and_reloads(tmp_path, run_cli, prompt_ids):
+    out = tmp_path / "tpa"
+    code, stdout, err = run_cli(
+        "factorize", "tiny-llama", "--method", "tpa", "--rank", "4,2,2", "--eval-tokens", "96",
+        "--calibration-tokens", "64", "--out", str(out), "--json", str(tmp_path / "r.json"),
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["perplexity_after"] == pytest.approx(report["perplexity_before"], rel=1e-4)
+    # tiny-llama: 4 query heads, 2 KV heads, head_dim 16 -> dense 2*2*16 = 64 numbers, TPA (2+2)(4+16) = 80.
+    assert [row["kv_numbers_after"] for row in report["layers"]] == [80, 80]
+    assert [row["kv_numbers_before"] for row in report["layers"]] == [64, 64]
+    assert "KV cache of factors" in stdout  # the honest note: no saving on this model
+    original, _ = load_model("tiny-llama")
+    reloaded, _ = load_model(str(out))
+    assert torch.allclose(_logits(reloaded, prompt_ids), _logits(original, prompt_ids), atol=1e-4)
+    code, _, err = run_cli("chat", "--model", str(out), "--prompt", "hello", "-n", "5", "-t", "0")
+    assert code == 0, err
+
+
+def test_tpa_lower_rank_reloads_identically(tmp_path, run_cli, prompt_ids):
+    out = tmp_path / "tpa2"
+    code, _, err = run_cli("factorize", "tiny-gemma3", "--method", "tpa", "--rank", "2,1,1", "--steps", "20",
+                           "--eval-tokens", "0", "--calibration-tokens", "64", "--out", str(out))
+    assert code == 0, err
+    model, tokenizer = load_model("tiny-gemma3")
+    options = FactorizeOptions(method="tpa", rank="2,1,1", steps=20, **{**FAST, "eval_tokens": 0})
+    report = factorize_model(model, tokenizer, options)
+    assert all(row.ranks == (2, 1, 1) for row in report.layers)
+    reloaded, _ = load_model(str(out))
+    assert torch.allclose(_logits(reloaded, prompt_ids), _logits(model, prompt_ids), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rank, message",
+    [("5,1,1", "rank 5 for q exceeds"), ("4,2,1", "rank 2 for k exceeds"), ("0,1,1", "at least 1"), ("2,1", "3 ranks")],
+)
+def test_tpa_rank_errors(run_cli, rank, message):
+    code, _, err = run_cli("factorize", "tiny-gemma3", "--method", "tpa", "--rank", rank, "--eval-tokens", "0")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -137,7 +137,7 @@ class FactorizeSection:
     # auto (by --energy), explicit ranks (tucker R_dmodel,R_headdim,R_role; tpa R_q,R_k,R_v) or,
     # for tucker, a parameter-compression target like 2x.
     rank: str = "auto"
-    energy: float = field(default=0.99, metadata={"gt": 0.0, "max": 1.0})
+    energy: float = field(default=0.999, metadata={"gt": 0.0, "max": 1.0})
     layers: str = "all"
     # Per-layer rank specs that override `rank`, e.g. {"5": "320,160,4"}.
     layer_ranks: dict[str, str] = field(default_factory=dict)
@@ -146,7 +146,7 @@ class FactorizeSection:
     activation_aware: bool = True
     # Text for activations (tpa refinement, activation-aware tucker): a dataset, a .txt file or the text.
     calibration: str = "sharegpt"
-    calibration_tokens: int = field(default=512, metadata={"min": 16})
+    calibration_tokens: int = field(default=2048, metadata={"min": 16})
     steps: int = field(default=100, metadata={"min": 0})
     lr: float = field(default=1e-3, metadata={"gt": 0.0})
     # Tokens of the fixed held-out text (ShareGPT test split) for perplexity; 0 skips it.

@@ -83,7 +83,7 @@ def factorize(
     quiet_libraries()
     console = stderr()
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
-    from tjdkit.ui.factorize import layer_line, perplexity_line, report_table, save_spectra_plot
+    from tjdkit.ui.factorize import layer_line, notes, perplexity_line, report_table, save_spectra_plot
     from tjdkit.ui.progress import stage_display
 
     def on_layer(row, done, total):
@@ -96,6 +96,8 @@ def factorize(
     printer.print(report_table(report, title))
     printer.print(perplexity_line(report))
     printer.print(f"factorized {len(report.layers)} layers in {report.seconds:.1f} s")
+    for line in notes(report):
+        printer.print(f"[yellow]{line}[/]")
     result = report.to_dict()
     if plot is not None:
         save_spectra_plot(report, plot, title)

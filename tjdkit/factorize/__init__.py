@@ -1,4 +1,11 @@
-"""Factorised attention: shared-factor Tucker (TensorLLM) of each layer's Q/K/V/O weights.
+"""Factorised attention: shared-factor Tucker (TensorLLM) of each layer's Q/K/V/O weights, and
+conversion to Tensor Product Attention (T6) with a KV cache of factors.
+
+    from tjdkit.factorize import FactorizeOptions, factorize_model, save_factorized
+    report = factorize_model(model, tokenizer, FactorizeOptions(method="tucker", rank="2x"))
+    save_factorized(model, tokenizer, "out/", report.metadata())   # load_model("out/") rebuilds it
+
+One layer by hand:
 
     from tjdkit.factorize import DEFAULT_ENERGY, attention_tensor, auto_ranks, mode_spectra, tucker_layer
     from tjdkit.factorize import install_factorized, materialize
@@ -12,7 +19,11 @@ The core takes specs and tensors and raises TjdkitError on user mistakes; the CL
 
 from __future__ import annotations
 
+from tjdkit.factorize.convert import FactorizeOptions, FactorizeReport, LayerResult, factorize_model
 from tjdkit.factorize.rank import DEFAULT_ENERGY, auto_ranks, mode_spectra
+from tjdkit.factorize.budget import compression_ranks
+from tjdkit.factorize.saving import load_factorized, save_factorized
+from tjdkit.factorize.tpa import TpaAttention, auto_tpa_ranks, convert_layer, head_spectra, parse_tpa_rank
 from tjdkit.factorize.specs import MODE_NAMES, check_rank, parse_layers, parse_rank
 from tjdkit.factorize.tucker import (
     ROLES,
@@ -21,6 +32,7 @@ from tjdkit.factorize.tucker import (
     TuckerAttention,
     TuckerProjection,
     attention_shape,
+    activation_scale,
     attention_tensor,
     dense_num_parameters,
     dense_weights,
@@ -31,6 +43,19 @@ from tjdkit.factorize.tucker import (
 
 __all__ = [
     "DEFAULT_ENERGY",
+    "FactorizeOptions",
+    "FactorizeReport",
+    "LayerResult",
+    "TpaAttention",
+    "activation_scale",
+    "auto_tpa_ranks",
+    "compression_ranks",
+    "convert_layer",
+    "factorize_model",
+    "head_spectra",
+    "load_factorized",
+    "parse_tpa_rank",
+    "save_factorized",
     "MODE_NAMES",
     "ROLES",
     "AttentionShape",

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from tjdkit.errors import TjdkitError
+from tjdkit.factorize.rank import DEFAULT_ENERGY
 
 Method = Literal["tucker", "tpa"]
 METHODS = ("tucker", "tpa")
@@ -28,7 +29,7 @@ METHODS = ("tucker", "tpa")
 class FactorizeOptions:
     method: Method = "tucker"
     rank: str = "auto"  # "auto", explicit ranks, or (tucker) a compression target like "2x"
-    energy: float = 0.99
+    energy: float = DEFAULT_ENERGY
     layers: str = "all"
     layer_ranks: dict[str, str] = field(default_factory=dict)  # per-layer rank specs, override `rank`
     materialize: bool = False  # tucker: denoised dense weights instead of factorised modules
@@ -36,7 +37,7 @@ class FactorizeOptions:
     # off: data-free, as TensorLLM.
     activation_aware: bool = True
     calibration: str = "sharegpt"  # dataset name, text file or literal text (tpa, activation-aware tucker)
-    calibration_tokens: int = 512
+    calibration_tokens: int = 2048
     steps: int = 100  # tpa: optimiser steps of calibration refinement per layer
     lr: float = 1e-3
     eval_tokens: int = 1024  # held-out tokens for perplexity; 0 skips it
@@ -223,7 +224,7 @@ def _layer_specs(options: FactorizeOptions, chosen: list[int]) -> dict[int, str]
 
 def _plan(method: str, spec: str) -> Any:
     """("auto",), ("fixed", ranks) or ("compress", factor) for one layer's spec."""
-    from tjdkit.factorize.ranks import parse_compression
+    from tjdkit.factorize.budget import parse_compression
 
     text = str(spec).strip().lower()
     if text == "auto":
@@ -244,7 +245,7 @@ def _plan(method: str, spec: str) -> Any:
 
 def _check_plan(attn: nn.Module, config: Any, method: str, plan: Any) -> None:
     """Fail on an unsupported layer or a rank that does not fit it, before anything slow runs."""
-    from tjdkit.factorize.ranks import compression_ranks
+    from tjdkit.factorize.budget import compression_ranks
     from tjdkit.factorize.specs import check_rank
     from tjdkit.factorize.tucker import attention_shape
 
@@ -266,7 +267,7 @@ def _check_plan(attn: nn.Module, config: Any, method: str, plan: Any) -> None:
 
 def _tucker_layer(layer: nn.Module, config: Any, index: int, plan: Any, options: FactorizeOptions, inputs) -> LayerResult:
     from tjdkit.factorize.rank import auto_ranks, mode_spectra
-    from tjdkit.factorize.ranks import compression_ranks, factorized_num_parameters
+    from tjdkit.factorize.budget import compression_ranks, factorized_num_parameters
     from tjdkit.factorize.specs import MODE_NAMES, check_rank
     from tjdkit.factorize.tucker import (
         PROJECTIONS,

@@ -358,28 +358,56 @@ def _weight_error(factors: TpaFactors, m: Tensor, kv_of_head: Tensor) -> float:
     return float(torch.linalg.vector_norm(approx - target) / torch.linalg.vector_norm(target))
 
 
-def _relative_sq_error(factors: TpaFactors, x: Tensor, target: Tensor) -> Tensor:
-    return (factors.product(x) - target).pow(2).sum() / target.pow(2).sum()
+VALIDATION_SHARE = 0.25  # of the calibration tokens, held out to choose when refinement stops
 
 
-def _refine(factors: TpaFactors, x: Tensor, target: Tensor, steps: int, lr: float) -> None:
-    """Full-batch Adam on the relative squared error; leaves the best parameters seen."""
+def _relative_sq_error(factors: TpaFactors, x: Tensor, target: Tensor, norm: Optional[nn.Module]) -> Tensor:
+    """Relative squared error of the role after its q/k norm (if any): what attention sees.
+
+    Matching the pre-norm product instead lowers that number while the normed directions
+    get worse (measured on Gemma 3 270M at R_q = 2: perplexity +424% -> +1397%).
+    """
+    predicted = factors.product(x)
+    if norm is not None:
+        predicted = norm(predicted)
+    return (predicted - target).pow(2).sum() / target.pow(2).sum()
+
+
+def _refine(factors: TpaFactors, fit: tuple, held: tuple, norm: Optional[nn.Module], steps: int, lr: float) -> None:
+    """Full-batch Adam on the fit tokens; keeps the parameters best on the held-out tokens.
+
+    With few calibration tokens the factors (W_B alone has R * d_h * d_model weights) overfit,
+    so the held-out share decides, and refinement never ends worse there than the SVD init.
+    """
     params = list(factors.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
     best_loss, best = math.inf, None
     with torch.enable_grad():
         for step in range(steps + 1):
-            loss = _relative_sq_error(factors, x, target)
-            if loss.item() < best_loss:
-                best_loss, best = loss.item(), [p.detach().clone() for p in params]
+            with torch.no_grad():
+                held_loss = _relative_sq_error(factors, *held, norm).item()
+            if held_loss < best_loss:
+                best_loss, best = held_loss, [p.detach().clone() for p in params]
             if step == steps:
                 break
+            loss = _relative_sq_error(factors, *fit, norm)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     with torch.no_grad():
         for p, kept in zip(params, best):
             p.copy_(kept)
+
+
+def _float_norm(norm: Optional[nn.Module]) -> Optional[nn.Module]:
+    """A float32 copy of a q/k norm (frozen), or None when the attention has none."""
+    if norm is None:
+        return None
+    import copy
+
+    norm = copy.deepcopy(norm).float()
+    norm.requires_grad_(False)
+    return norm
 
 
 def convert_layer(
@@ -394,6 +422,8 @@ def convert_layer(
 
     calibration_inputs [..., d_model] are the attention's inputs (after input_layernorm) from the
     original model; with them and steps > 0, roles below full rank are refined on them in float32.
+    The last VALIDATION_SHARE of the tokens is held out: it picks the step to keep, and the
+    reported errors are measured on it (after the role's q/k norm).
     """
     attn = layer.self_attn
     s = _checked_shape(attn, config)
@@ -406,17 +436,24 @@ def convert_layer(
 
     if calibration_inputs is not None:
         x = calibration_inputs.detach().reshape(-1, s.d_model).to(device=heads["q"].device, dtype=torch.float32)
+        n_fit = max(1, int(round(x.shape[0] * (1 - VALIDATION_SHARE))))
         limits = _role_heads(s)
         for role, r in zip(TPA_ROLES, rank):
             m = heads[role]
-            target = F.linear(x, m[..., :-1].flatten(0, 1), m[..., -1].flatten())  # original proj: [N, n*d_h]
-            target = target.unflatten(-1, (limits[role], s.head_dim))[:, kv_of_head[role]]  # [N, h, d_h]
+            norm = _float_norm(getattr(attn, f"{role}_norm", None))
             with torch.no_grad():
-                errors_init[role] = math.sqrt(_relative_sq_error(factors[role], x, target).item())
+                target = F.linear(x, m[..., :-1].flatten(0, 1), m[..., -1].flatten())  # original proj: [N, n*d_h]
+                target = target.unflatten(-1, (limits[role], s.head_dim))[:, kv_of_head[role]]  # [N, h, d_h]
+                if norm is not None:
+                    target = norm(target)
+                fit, held = (x[:n_fit], target[:n_fit]), (x[n_fit:], target[n_fit:])
+                if held[0].shape[0] == 0:
+                    held = fit
+                errors_init[role] = math.sqrt(_relative_sq_error(factors[role], *held, norm).item())
             if steps > 0 and r < limits[role]:
-                _refine(factors[role], x, target, steps, lr)
+                _refine(factors[role], fit, held, norm, steps, lr)
             with torch.no_grad():
-                errors_refined[role] = math.sqrt(_relative_sq_error(factors[role], x, target).item())
+                errors_refined[role] = math.sqrt(_relative_sq_error(factors[role], *held, norm).item())
 
     parameters_before = sum(p.numel() for role in TPA_ROLES for p in getattr(attn, f"{role}_proj").parameters())
     tpa = TpaAttention(attn, config, factors)

@@ -127,3 +127,21 @@ def save_spectra_plot(report, path: Path, title: str) -> None:
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def notes(report) -> list[str]:
+    """What a user should know about this result that the table does not say outright."""
+    lines = []
+    larger = [row.layer for row in report.layers if row.parameters_after > row.parameters_before]
+    if report.method == "tucker" and not report.options.materialize and larger:
+        lines.append(
+            f"note: on {len(larger)} of {len(report.layers)} layers the stored factors are larger than the dense "
+            "weights (flat spectra keep ranks near full); --materialize writes the denoised dense weights, "
+            "--rank 2x compresses at a cost the perplexity line shows"
+        )
+    if report.method == "tpa" and any(row.kv_numbers_after >= row.kv_numbers_before for row in report.layers):
+        lines.append(
+            "note: the KV cache of factors, (R_k+R_v)(heads+head_dim) numbers per token, is not smaller than this "
+            "model's own cache (2*kv_heads*head_dim); TPA shrinks caches of models with many KV heads"
+        )
+    return lines
