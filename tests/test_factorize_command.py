@@ -25,6 +25,15 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
+def _reload_equals_in_memory(out, preset, prompt_ids, **options):
+    """Truth for a saved model: the same factorisation done in memory. Returns (model, report)."""
+    model, tokenizer = load_model(preset)
+    report = factorize_model(model, tokenizer, FactorizeOptions(**{**FAST, "eval_tokens": 0, **options}))
+    reloaded, _ = load_model(str(out))
+    assert torch.allclose(_logits(reloaded, prompt_ids), _logits(model, prompt_ids), atol=1e-5)
+    return model, report
+
+
 @pytest.fixture
 def prompt_ids():
     return torch.tensor([[2, 17, 45, 99, 123, 7, 300, 51, 8, 64, 201, 33, 90, 11, 400, 5] * 3])
@@ -78,11 +87,7 @@ def test_factorized_model_saves_smaller_and_reloads_identically(tmp_path, run_cl
     assert not any(key.endswith("q_proj.weight") for key in state)
     assert any(".self_attn.tucker.core_q" in key for key in state)
 
-    # Truth: the same factorisation done in memory.
-    model, tokenizer = load_model("tiny-gemma3")
-    factorize_model(model, tokenizer, FactorizeOptions(rank="2x", **{**FAST, "eval_tokens": 0}))
-    reloaded, _ = load_model(str(out))
-    assert torch.allclose(_logits(reloaded, prompt_ids), _logits(model, prompt_ids), atol=1e-5)
+    _reload_equals_in_memory(out, "tiny-gemma3", prompt_ids, rank="2x")
 
     code, stdout, err = run_cli("chat", "--model", str(out), "--prompt", "hello", "-n", "5", "-t", "0")
     assert code == 0, err
@@ -93,11 +98,8 @@ def test_materialized_model_is_a_plain_dense_model(tmp_path, run_cli, prompt_ids
     code, _, err = run_cli("factorize", "tiny-llama", "--rank", "40,10,3", "--materialize", "--eval-tokens", "0",
                            "--calibration-tokens", "64", "--out", str(out))
     assert code == 0, err
-    model, tokenizer = load_model("tiny-llama")
-    factorize_model(model, tokenizer, FactorizeOptions(rank="40,10,3", materialize=True, **{**FAST, "eval_tokens": 0}))
+    model, _ = _reload_equals_in_memory(out, "tiny-llama", prompt_ids, rank="40,10,3", materialize=True)
     assert isinstance(decoder_layers(model)[0].self_attn.q_proj, torch.nn.Linear)
-    reloaded, _ = load_model(str(out))
-    assert torch.allclose(_logits(reloaded, prompt_ids), _logits(model, prompt_ids), atol=1e-5)
 
 
 def test_layer_subsets_and_per_layer_ranks():
@@ -221,12 +223,8 @@ def test_tpa_lower_rank_reloads_identically(tmp_path, run_cli, prompt_ids):
     code, _, err = run_cli("factorize", "tiny-gemma3", "--method", "tpa", "--rank", "2,1,1", "--steps", "20",
                            "--eval-tokens", "0", "--calibration-tokens", "64", "--out", str(out))
     assert code == 0, err
-    model, tokenizer = load_model("tiny-gemma3")
-    options = FactorizeOptions(method="tpa", rank="2,1,1", steps=20, **{**FAST, "eval_tokens": 0})
-    report = factorize_model(model, tokenizer, options)
+    _, report = _reload_equals_in_memory(out, "tiny-gemma3", prompt_ids, method="tpa", rank="2,1,1", steps=20)
     assert all(row.ranks == (2, 1, 1) for row in report.layers)
-    reloaded, _ = load_model(str(out))
-    assert torch.allclose(_logits(reloaded, prompt_ids), _logits(model, prompt_ids), atol=1e-5)
 
 
 @pytest.mark.parametrize(

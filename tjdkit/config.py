@@ -137,6 +137,12 @@ class FactorizeSection:
     # auto (by --energy), explicit ranks (tucker R_dmodel,R_headdim,R_role; tpa R_q,R_k,R_v) or,
     # for tucker, a parameter-compression target like 2x.
     rank: str = "auto"
+    # 0.999: the energy at which factorising every layer leaves the model as good as it was.
+    # Measured on Gemma 3 270M (1024 held-out ShareGPT tokens, base perplexity 8.19, activation-
+    # aware, all 18 layers): 0.999 -> +2.0%, 0.99 -> +35%; data-free at 0.99 -> x323. Its attention
+    # spectra are flat, so energies that keep the model usable keep ranks near full and the stored
+    # factors come out larger than the dense weights (0.81x at 0.999, 1.00x at 0.99): compressing
+    # this model is a choice of budget (`--rank 2x`) and a loss of quality the report shows.
     energy: float = field(default=0.999, metadata={"gt": 0.0, "max": 1.0})
     layers: str = "all"
     # Per-layer rank specs that override `rank`, e.g. {"5": "320,160,4"}.

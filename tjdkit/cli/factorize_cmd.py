@@ -48,7 +48,7 @@ def factorize(
     """
     from tjdkit.config import FactorizeRecipe
     from tjdkit.errors import TjdkitError
-    from tjdkit.factorize.convert import METHODS, FactorizeOptions, factorize_model
+    from tjdkit.factorize.convert import METHODS, factorize_model
     from tjdkit.recipes import load_recipe
 
     if method is not None and method not in METHODS:
@@ -75,10 +75,11 @@ def factorize(
     section = config.factorize
     if section.method == "tpa" and section.materialize:
         raise TjdkitError("--materialize is for --method tucker (TPA changes the attention's form)")
-    options = FactorizeOptions(**{name: getattr(section, name) for name in FactorizeOptions.__dataclass_fields__})
     out_dir = Path(config.out).expanduser() if config.out else None
-    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise TjdkitError(f"{out_dir} already exists (use --force to replace it)")
+    if out_dir is not None:
+        from tjdkit.factorize.saving import check_out_dir
+
+        check_out_dir(out_dir, force)  # before anything slow
 
     quiet_libraries()
     console = stderr()
@@ -87,11 +88,11 @@ def factorize(
     from tjdkit.ui.progress import stage_display
 
     def on_layer(row, done, total):
-        console.print(f"[dim]{layer_line(row, done, total, section.method)}[/]")
+        console.print(f"[dim]{layer_line(row, done, total)}[/]")
 
     title = f"tjdkit factorize {config.model.name} · {section.method} · rank {section.rank}"
     with stage_display(console, f"Factorizing {config.model.name}") as on_stage:
-        report = factorize_model(loaded, tokenizer, options, name=config.model.name, on_layer=on_layer, on_stage=on_stage)
+        report = factorize_model(loaded, tokenizer, section, name=config.model.name, on_layer=on_layer, on_stage=on_stage)
     printer = stdout()
     printer.print(report_table(report, title))
     printer.print(perplexity_line(report))

@@ -18,29 +18,15 @@ from typing import Any, Callable, Literal, Optional
 import torch
 import torch.nn as nn
 
+from tjdkit.config import FactorizeSection
 from tjdkit.errors import TjdkitError
-from tjdkit.factorize.rank import DEFAULT_ENERGY
 
 Method = Literal["tucker", "tpa"]
 METHODS = ("tucker", "tpa")
 
 
-@dataclass
-class FactorizeOptions:
-    method: Method = "tucker"
-    rank: str = "auto"  # "auto", explicit ranks, or (tucker) a compression target like "2x"
-    energy: float = DEFAULT_ENERGY
-    layers: str = "all"
-    layer_ranks: dict[str, str] = field(default_factory=dict)  # per-layer rank specs, override `rank`
-    materialize: bool = False  # tucker: denoised dense weights instead of factorised modules
-    # tucker: weigh the d_model mode by the calibration inputs' RMS (see tucker.activation_scale);
-    # off: data-free, as TensorLLM.
-    activation_aware: bool = True
-    calibration: str = "sharegpt"  # dataset name, text file or literal text (tpa, activation-aware tucker)
-    calibration_tokens: int = 2048
-    steps: int = 100  # tpa: optimiser steps of calibration refinement per layer
-    lr: float = 1e-3
-    eval_tokens: int = 1024  # held-out tokens for perplexity; 0 skips it
+# The recipe's `factorize` section is the library's options too: one set of defaults.
+FactorizeOptions = FactorizeSection
 
 
 @dataclass
@@ -272,13 +258,13 @@ def _tucker_layer(layer: nn.Module, config: Any, index: int, plan: Any, options:
     from tjdkit.factorize.tucker import (
         PROJECTIONS,
         activation_scale,
-        scale_dmodel,
         attention_shape,
         attention_tensor,
         dense_num_parameters,
         dense_weights,
         install_factorized,
         materialize,
+        scale_dmodel,
         tucker_layer,
     )
 
@@ -294,12 +280,13 @@ def _tucker_layer(layer: nn.Module, config: Any, index: int, plan: Any, options:
     else:
         ranks = check_rank(plan[1], tensor.shape)
     tucker = tucker_layer(tensor, ranks, input_scale=scale)
-    new = dense_weights(shape, tucker.reconstruct())
+    reconstructed = tucker.reconstruct()
+    new = dense_weights(shape, reconstructed)
     old = {name: getattr(attn, name).weight.detach().float() for name in PROJECTIONS}
     error = torch.sqrt(sum(((old[n] - new[n]) ** 2).sum() for n in PROJECTIONS) / sum((old[n] ** 2).sum() for n in PROJECTIONS))
     dense = dense_num_parameters(shape)
     if options.materialize:
-        materialize(attn, config, tucker.reconstruct())
+        materialize(attn, config, reconstructed)
         after = dense
     else:
         install_factorized(attn, config, tucker)

@@ -15,16 +15,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from tjdkit.config import FactorizeSection
 from tjdkit.errors import TjdkitError
 from tjdkit.factorize.specs import MODE_NAMES, Rank
 
-# 0.999: the energy at which factorising every layer leaves the model as good as it was.
-# Measured on Gemma 3 270M (1024 held-out ShareGPT tokens, base perplexity 8.19, activation-
-# aware, all 18 layers): 0.999 -> +3.0%, 0.99 -> +35%; data-free at 0.99 -> x323. Its attention
-# spectra are flat, so energies that keep the model usable keep ranks near full and the stored
-# factors come out larger than the dense weights (0.81x at 0.999, 1.00x at 0.99): compressing
-# this model is a choice of budget (`--rank 2x`) and a loss of quality the report shows.
-DEFAULT_ENERGY = 0.999
+DEFAULT_ENERGY = FactorizeSection.energy  # chosen, and justified by measurement, in tjdkit.config
 
 
 def mode_spectra(tensor: Tensor) -> list[Tensor]:

@@ -25,11 +25,7 @@ def save_factorized(model, tokenizer, out: str | Path, metadata: dict, force: bo
     """Write the model, tokenizer and metadata to `out` atomically (all of it or nothing)."""
     from tjdkit.fileio import atomic_directory
 
-    out = Path(out).expanduser()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
-        raise TjdkitError(f"{out} already exists (use --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise TjdkitError(f"{out} exists and is not a directory")
+    out = check_out_dir(out, force)
     setattr(model.config, METADATA_KEY, metadata)
     try:
         with atomic_directory(out) as tmp:
@@ -39,6 +35,16 @@ def save_factorized(model, tokenizer, out: str | Path, metadata: dict, force: bo
                 (tmp / "factorize_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     finally:
         delattr(model.config, METADATA_KEY)
+    return out
+
+
+def check_out_dir(out: str | Path, force: bool = False) -> Path:
+    """`out` as a Path, after checking it is free: absent, an empty directory, or --force."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TjdkitError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise TjdkitError(f"{out} already exists (use --force to replace it)")
     return out
 
 

@@ -52,14 +52,18 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
 
 def parse_rank(spec: str) -> RankSpec:
     """"auto", or the three multilinear ranks (R_dmodel, R_headdim, R_role) of "64,32,4"."""
+    return parse_rank_list(spec, len(MODE_NAMES), "rank", RANK_HELP)  # type: ignore[return-value]
+
+
+def parse_rank_list(spec: str, count: int, what: str, help_text: str) -> Union[Literal["auto"], tuple[int, ...]]:
+    """"auto", or `count` positive integers separated by commas; `what` names the spec in errors."""
     text = str(spec).strip().lower()
     if text == "auto":
         return "auto"
     items = [item.strip() for item in text.split(",")]
-    if len(items) != len(MODE_NAMES):
-        raise TjdkitError(f"bad rank '{spec}': expected {len(MODE_NAMES)} ranks, got {len(items)} ({RANK_HELP})")
-    ranks = tuple(_positive_int(item, f"bad rank '{spec}'", RANK_HELP) for item in items)
-    return ranks  # type: ignore[return-value]
+    if len(items) != count:
+        raise TjdkitError(f"bad {what} '{spec}': expected {count} ranks, got {len(items)} ({help_text})")
+    return tuple(_positive_int(item, f"bad {what} '{spec}'", help_text) for item in items)
 
 
 def check_rank(rank: Sequence[int], shape: Sequence[int]) -> Rank:

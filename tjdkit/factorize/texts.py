@@ -22,11 +22,11 @@ HELDOUT_DATASET = "sharegpt"
 _LOGIT_CHUNK = 256  # rows of [n, vocab] logits at a time: 262k-word vocabularies make the full matrix ~1 GB
 
 
-def _rows_text(dataset: str, split: str, tokenizer, tokens: int) -> str:
+def _rows_text(dataset: str, split: str, tokens: int) -> str:
     """Rows of `split` joined until the text surely holds `tokens` tokens (~4 characters each)."""
     from tjdkit.data.sources import dataset_rows
 
-    texts, chars = [], 0
+    texts = []
     for size in (8, 64, 512):
         texts = [row["text"] for row in dataset_rows(dataset, split, size=size, seed=0)]
         chars = sum(len(text) for text in texts)
@@ -44,7 +44,7 @@ def heldout_ids(tokenizer, tokens: int = 1024) -> Tensor:
     """input_ids [1, n <= tokens] of the fixed held-out text (ShareGPT's test split)."""
     if tokens < 2:
         raise TjdkitError(f"the held-out text needs at least 2 tokens, got {tokens}")
-    return _encode(tokenizer, _rows_text(HELDOUT_DATASET, "test", tokenizer, tokens), tokens)
+    return _encode(tokenizer, _rows_text(HELDOUT_DATASET, "test", tokens), tokens)
 
 
 def calibration_ids(spec: str, tokenizer, tokens: int = 512) -> Tensor:
@@ -53,8 +53,7 @@ def calibration_ids(spec: str, tokenizer, tokens: int = 512) -> Tensor:
 
     text_spec = str(spec)
     if text_spec in DATASETS:
-        split = "train"
-        text = _rows_text(text_spec, split, tokenizer, tokens)
+        text = _rows_text(text_spec, "train", tokens)
     else:
         path = Path(text_spec).expanduser()
         looks_like_path = text_spec.endswith((".txt", ".md")) or ("/" in text_spec and "\n" not in text_spec and " " not in text_spec)

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from tjdkit.errors import TjdkitError
 from tjdkit.factorize.rank import auto_ranks
-from tjdkit.factorize.specs import _positive_int
+from tjdkit.factorize.specs import parse_rank_list
 from tjdkit.factorize.tucker import AttentionShape, attention_shape
 
 TPA_ROLES = ("q", "k", "v")
@@ -79,13 +79,7 @@ _KEPT_ATTRIBUTES = ("scaling", "attention_dropout", "is_causal", "sliding_window
 
 def parse_tpa_rank(spec: str) -> TpaRankSpec:
     """"auto", or the ranks (R_q, R_k, R_v) of "2,1,1"."""
-    text = str(spec).strip().lower()
-    if text == "auto":
-        return "auto"
-    items = [item.strip() for item in text.split(",")]
-    if len(items) != len(TPA_ROLES):
-        raise TjdkitError(f"bad TPA rank '{spec}': expected 3 ranks, got {len(items)} ({TPA_RANK_HELP})")
-    return tuple(_positive_int(item, f"bad TPA rank '{spec}'", TPA_RANK_HELP) for item in items)  # type: ignore
+    return parse_rank_list(spec, len(TPA_ROLES), "TPA rank", TPA_RANK_HELP)  # type: ignore[return-value]
 
 
 def _role_heads(shape: AttentionShape) -> dict[str, int]:

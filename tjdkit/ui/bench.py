@@ -62,13 +62,9 @@ def parity_lines(result: dict) -> list[str]:
 
 def save_plot(result: dict, path: Path, title: str) -> None:
     """Tokens/s by mode (with speedup labels) and verify's acceptance by draft position, as a PNG."""
-    import matplotlib
+    from tjdkit.ui.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tjdkit.fileio import atomic_write_bytes
-
+    plt = pyplot()
     modes = list(result["modes"])
     rows = [result["modes"][mode] for mode in modes]
     verify = result["modes"].get("verify")
@@ -91,9 +87,4 @@ def save_plot(result: dict, path: Path, title: str) -> None:
         accept.set_title(f"verify acceptance (tau {verify['tau']:.2f})")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(figure, path)

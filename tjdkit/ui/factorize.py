@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from rich.table import Table
-
 
 RANK_NAMES = {"tucker": "R_dmodel,R_headdim,R_role", "tpa": "R_q,R_k,R_v"}
 ERROR_NOTES = {
@@ -23,7 +21,7 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def layer_line(row, done: int, total: int, method: str) -> str:
+def layer_line(row, done: int, total: int) -> str:
     ranks = ",".join(str(r) for r in row.ranks)
     return (
         f"[{done}/{total}] layer {row.layer:>2} ({row.attention}) ranks {ranks:<12} "
@@ -92,13 +90,9 @@ def perplexity_line(report) -> str:
 
 def save_spectra_plot(report, path: Path, title: str) -> None:
     """Each decomposed mode's normalised singular values per layer, with the chosen rank marked."""
-    import matplotlib
+    from tjdkit.ui.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tjdkit.fileio import atomic_write_bytes
-
+    plt = pyplot()
     modes = list(report.layers[0].spectra) if report.layers else []
     figure, axes = plt.subplots(1, max(len(modes), 1), figsize=(4.2 * max(len(modes), 1), 3.8), squeeze=False)
     colours = plt.get_cmap("viridis")
@@ -123,10 +117,7 @@ def save_spectra_plot(report, path: Path, title: str) -> None:
             axis.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(figure, path)
 
 
 def notes(report) -> list[str]:
