@@ -110,11 +110,18 @@ def _next_hidden(model, ids: Tensor, cache) -> Tensor:
 def output_logits(model, hidden: Tensor) -> Tensor:
     """hidden [n, D] (final normed states) -> the model's logits [n, V], float32.
 
+    Soft-capping (Gemma 2 style configs) is applied as the model's own forward does.
+    """
+    return soft_cap(model, raw_logits(model, hidden))
+
+
+def raw_logits(model, hidden: Tensor) -> Tensor:
+    """hidden [n, D] -> the output layer's logits [n, V] before any soft-capping, float32.
+
     On the CPU, a few rows go through the output layer as weight @ hidden^T: that GEMM runs
     2-4x faster than nn.Linear's path for n <= 16 on the 262k-row Gemma vocabulary (a single
-    row is padded to two, where the matrix-vector path is slower). ar and verify both come
-    through here, so a speed-up here is shared and the comparison between them stays fair.
-    Soft-capping (Gemma 2 style configs) is applied as the model's own forward does.
+    row is padded to two, where the matrix-vector path is slower). ar, verify and TNOT all
+    come through here, so a speed-up here is shared and comparisons between them stay fair.
     """
     layer = model.get_output_embeddings()
     n = hidden.shape[0]
@@ -127,11 +134,13 @@ def output_logits(model, hidden: Tensor) -> Tensor:
             logits = logits + layer.bias
     else:
         logits = layer(hidden)
-    logits = logits.float()
+    return logits.float()
+
+
+def soft_cap(model, logits: Tensor) -> Tensor:
+    """cap * tanh(logits / cap) when the config sets final_logit_softcapping, else the logits as they are."""
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _hidden_and_logits(model, ids: Tensor, cache, last_only: bool = False) -> tuple[Tensor, Tensor]:
@@ -418,4 +427,7 @@ def acceptance(model, head, input_ids: Tensor, continuation) -> DecodeStats:
     return stats
 
 
-__all__ = ["HEAD_MODES", "MODES", "DecodeStats", "Sampling", "output_logits", "acceptance", "acceptance_rates", "generate"]
+__all__ = [
+    "HEAD_MODES", "MODES", "DecodeStats", "Sampling", "acceptance", "acceptance_rates", "generate", "output_logits",
+    "raw_logits", "soft_cap",
+]

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import typer
 
 from tjdkit import __version__
-from tjdkit.cli import bench_cmd, chat_cmd, eval_cmd, factorize_cmd, models_cmd, recipes_cmd, train_cmd
+from tjdkit.cli import bench_cmd, chat_cmd, eval_cmd, factorize_cmd, models_cmd, recipes_cmd, tnot_cmd, train_cmd
 from tjdkit.errors import TjdkitError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("eval", help=eval_cmd.__doc__)(eval_cmd.evaluate)
 app.command("chat", help=chat_cmd.__doc__)(chat_cmd.chat)
 app.command("bench", help=bench_cmd.__doc__)(bench_cmd.bench)
 app.command("factorize", help=factorize_cmd.__doc__)(factorize_cmd.factorize)
+app.command("tnot", help=tnot_cmd.__doc__)(tnot_cmd.tnot)
 
 
 def _version(value: bool) -> None:
@@ -57,6 +58,15 @@ def _click_exceptions():
     return exceptions
 
 
+def _abort(click) -> type:
+    """click's Abort (Ctrl-C at a prompt); recent typer defines its own outside the vendored click."""
+    if hasattr(click, "Abort"):
+        return click.Abort
+    from typer.exceptions import Abort
+
+    return Abort
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the CLI; user errors end as one line on stderr with exit code 2."""
     click = _click_exceptions()
@@ -73,7 +83,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         fail(f"{exc.format_message()}{hint}")
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except (_abort(click), KeyboardInterrupt):
         print(file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `tjdkit ... | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)

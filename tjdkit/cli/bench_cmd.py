@@ -19,7 +19,7 @@ from tjdkit.cli.common import (
 
 
 def bench(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to benchmark [default: gemma3]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to benchmark (default: gemma3)."),
     head: str = typer.Option("cp", "--head", help="Joint head: cp, mps or multihead."),
     rank: int = typer.Option(4, "--rank", min=1, help="CP rank / MPS bond dimension."),
     horizon: int = typer.Option(4, "--horizon", min=2, max=16, help="Tokens the head predicts per step."),

@@ -15,7 +15,7 @@ def evaluate(
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many examples."),
     split: str = typer.Option("test", "--split", help="test, eval (stemp also: mild, hard)."),
     modes: Optional[str] = typer.Option(
-        None, "--modes", help="Decoding modes: ar, draft, verify [default: all three for a run, ar for a plain model]."
+        None, "--modes", help="Decoding modes: ar, draft, verify (default: all three for a run, ar for a plain model)."
     ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     json_path: JsonOpt = None,

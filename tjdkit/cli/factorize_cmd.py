@@ -13,7 +13,7 @@ DEFAULT_RECIPES = {"tucker": "gemma3-tucker", "tpa": "gemma3-tpa"}
 
 
 def factorize(
-    model: Optional[str] = typer.Argument(None, help="Model name, directory or .gguf file [default: the recipe's, gemma3]."),
+    model: Optional[str] = typer.Argument(None, help="Model name, directory or .gguf file (default: the recipe's, gemma3)."),
     recipe: RecipeOpt = None,
     method: Optional[str] = typer.Option(None, "--method", help="tucker (TensorLLM) or tpa (T6 tensor product attention)."),
     rank: Optional[str] = typer.Option(
