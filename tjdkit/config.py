@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
+from tjdkit.tnot.config import TnotConfig
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -43,6 +45,8 @@ class ChatSection:
     head: Optional[str] = None
     # verify: lossless, the model's own output, faster; draft: the head's joint alone (lossy).
     head_mode: Literal["verify", "draft"] = "verify"
+    # Every reply with TNOT (the `tnot` section's settings): prompt delta, entropy trigger, reflection.
+    tnot: bool = False
 
 
 @dataclass
@@ -52,6 +56,28 @@ class ChatRecipe:
     model: ModelSection = field(default_factory=ModelSection)
     generation: GenerationSection = field(default_factory=GenerationSection)
     chat: ChatSection = field(default_factory=ChatSection)
+    tnot: TnotConfig = field(default_factory=TnotConfig)
+
+
+@dataclass
+class PromptsSection:
+    # Prompts from a dataset's split (the command line's PROMPT arguments win over it).
+    dataset: Optional[Literal["stemp", "gsm8k"]] = None
+    split: str = "test"
+    limit: Optional[int] = field(default=20, metadata={"min": 1})
+    seed: int = 0
+    # How typed prompts are wrapped: auto, template, gemma or raw (as `tjdkit chat --format`).
+    format: ChatFormat = "auto"
+
+
+@dataclass
+class TnotRecipe:
+    command: ClassVar[str] = "tnot"
+    description: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    generation: GenerationSection = field(default_factory=lambda: GenerationSection(max_new_tokens=128, temperature=0.0))
+    tnot: TnotConfig = field(default_factory=TnotConfig)
+    prompts: PromptsSection = field(default_factory=PromptsSection)
 
 
 HeadName = Literal["stp", "multihead", "cp", "mps"]
