@@ -25,6 +25,7 @@ class Reply:
     first_token_seconds: Optional[float]
     interrupted: bool = False
     stats: Optional[object] = None  # tjdkit.decoding.DecodeStats when a joint head decoded the reply
+    tnot: Optional[object] = None  # tjdkit.tnot.TnotResult when TNOT generated the reply
 
     @property
     def tokens_per_second(self) -> float:
@@ -117,9 +118,15 @@ class ChatSession:
         model_name: Optional[str] = None,
         head=None,
         head_mode: str = "verify",
+        tnot=None,
     ):
+        from tjdkit.errors import TjdkitError
+
+        if head is not None and tnot is not None:
+            raise TjdkitError("choose a joint head (--head) or TNOT (--tnot), not both")
         self.model = model
         self.head = head
+        self.tnot = tnot  # a TnotConfig: every reply runs TNOT from a fresh state
         self.head_mode = head_mode
         self.tokenizer = tokenizer
         self.generation = generation or GenerationSection()
@@ -158,13 +165,16 @@ class ChatSession:
         input_ids = self.encode(user_text).to(self.model.device)
         streamer = _make_streamer(self.tokenizer, on_text or (lambda _text: None))
         started = time.perf_counter()
-        interrupted, stats = False, None
+        interrupted, stats, tnot = False, None, None
         try:
-            with torch.inference_mode():
-                if self.head is None:
-                    self._generate_plain(input_ids, streamer)
-                else:
-                    stats = self._generate_with_head(input_ids, streamer)
+            if self.tnot is not None:
+                tnot = self._generate_with_tnot(input_ids, streamer)
+            else:
+                with torch.inference_mode():
+                    if self.head is None:
+                        self._generate_plain(input_ids, streamer)
+                    else:
+                        stats = self._generate_with_head(input_ids, streamer)
         except KeyboardInterrupt:
             interrupted = True
         streamer.end()
@@ -174,7 +184,7 @@ class ChatSession:
         if self.format != "raw":
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         first = streamer.first_token_at - started if streamer.first_token_at else None
-        return Reply(text, streamer.generated, seconds, first, interrupted, stats)
+        return Reply(text, streamer.generated, seconds, first, interrupted, stats, tnot)
 
     def _generate_plain(self, input_ids, streamer) -> None:
         import torch
@@ -220,3 +230,25 @@ class ChatSession:
             on_tokens=lambda tokens: streamer.put(torch.tensor(tokens)),
         )
         return stats
+
+    def _generate_with_tnot(self, input_ids, streamer):
+        """TNOT over the whole rendered prompt (template tokens as they are); tokens stream as chosen."""
+        import torch
+
+        from tjdkit.decoding import Sampling
+        from tjdkit.tnot.generate import tnot_generate
+
+        g = self.generation
+        sampling = g.temperature > 0
+        streamer.put(input_ids[0].cpu())  # the prompt: the streamer skips it
+        (result,) = tnot_generate(
+            self.model,
+            input_ids,
+            config=self.tnot,
+            max_new_tokens=g.max_new_tokens,
+            eos_token_ids=self.stop_ids,
+            sampling=Sampling(g.temperature, g.top_k if sampling else None, g.top_p if sampling else None,
+                              g.repetition_penalty),
+            on_token=lambda _row, record: streamer.put(torch.tensor([record.token])),
+        )
+        return result

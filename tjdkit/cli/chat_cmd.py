@@ -10,6 +10,7 @@ import typer
 from tjdkit.cli.common import RecipeOpt, SetOpt, load_model_with_progress, load_run_with_progress, stderr
 
 HELP_LINE = "/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
+TNOT_HELP = "/trace shows or hides the entropy trace"
 
 
 def chat(
@@ -32,6 +33,10 @@ def chat(
     head_mode: Optional[str] = typer.Option(
         None, "--head-mode", help="verify (lossless, the model's own output) or draft (the head alone, lossy)."
     ),
+    tnot: bool = typer.Option(False, "--tnot", help="Every reply with TNOT: prompt delta, entropy trigger, reflection."),
+    entropy_threshold: Optional[float] = typer.Option(None, "--entropy-threshold", help="TNOT's static trigger, nats (default: 3)."),
+    adaptive: Optional[bool] = typer.Option(None, "--adaptive/--static", help="TNOT's adaptive threshold over the last 20 tokens."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="TNOT's AdamW steps on the delta (default: 3)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     overrides: SetOpt = None,
@@ -54,8 +59,18 @@ def chat(
         "chat.format": "raw" if raw else chat_format,
         "chat.head": head,
         "chat.head_mode": head_mode,
+        "chat.tnot": True if tnot else None,
+        "tnot.entropy_threshold": entropy_threshold,
+        "tnot.adaptive": adaptive,
+        "tnot.steps": steps,
     }
     config = load_recipe(recipe or "chat", ChatRecipe, overrides or [], flags)
+    tnot_settings = [name for name, value in (("--entropy-threshold", entropy_threshold), ("--adaptive", adaptive),
+                                              ("--steps", steps)) if value is not None]
+    if tnot_settings and not config.chat.tnot:
+        raise TjdkitError(f"{', '.join(tnot_settings)} set TNOT up: add --tnot")
+    if config.chat.tnot and config.chat.head:
+        raise TjdkitError("choose a joint head (--head) or TNOT (--tnot), not both")
     if prompt is not None:
         prompt = sys.stdin.read() if prompt == "-" else prompt
         if not prompt.strip():
@@ -72,7 +87,7 @@ def chat(
         loaded, tokenizer = load_model_with_progress(name, config.model.dtype, config.model.device)
     session = ChatSession(
         loaded, tokenizer, config.generation, config.chat.system, config.chat.format, name,
-        head=joint_head, head_mode=config.chat.head_mode,
+        head=joint_head, head_mode=config.chat.head_mode, tnot=config.tnot if config.chat.tnot else None,
     )
     if prompt is not None:
         _one_shot(session, prompt)
@@ -103,6 +118,8 @@ def _one_shot(session, prompt: str) -> None:
     reply = session.reply(prompt.strip(), on_text=_write)
     _write("\n")
     stderr().print(_stats_line(reply))
+    if reply.tnot is not None:
+        stderr().print(_tnot_trace(reply.tnot, session.tokenizer))
     if reply.interrupted:
         raise typer.Exit(130)
 
@@ -113,7 +130,11 @@ def _repl(session, model_name: str) -> None:
     except ImportError:
         pass
     console = stderr()
-    console.print(f"[bold]tjdkit chat[/] · {model_name} · format {session.format} · [dim]{HELP_LINE}[/]")
+    help_line = f"{HELP_LINE}, {TNOT_HELP}" if session.tnot is not None else HELP_LINE
+    console.print(f"[bold]tjdkit chat[/] · {model_name} · format {session.format} · [dim]{help_line}[/]")
+    if session.tnot is not None:
+        console.print(f"[dim]TNOT: {_tnot_settings(session.tnot)}[/]")
+    show_trace = True
     if session.format == "raw":
         console.print("[dim]raw format: each line is continued as plain text, without history "
                       "(pretrained model; --format gemma for chat turns)[/]")
@@ -136,9 +157,38 @@ def _repl(session, model_name: str) -> None:
             session.reset()
             console.print("[dim]history cleared[/]")
             continue
+        if text == "/trace" and session.tnot is not None:
+            show_trace = not show_trace
+            console.print(f"[dim]entropy trace {'on' if show_trace else 'off'}[/]")
+            continue
         if text.startswith("/"):
-            console.print(f"[dim]unknown command {text}: {HELP_LINE}[/]")
+            console.print(f"[dim]unknown command {text}: {help_line}[/]")
             continue
         reply = session.reply(text, on_text=_write)
         _write("\n")
         console.print(_stats_line(reply))
+        if reply.tnot is not None and show_trace:
+            console.print(_tnot_trace(reply.tnot, session.tokenizer))
+
+
+def _tnot_settings(config) -> str:
+    trigger = (f"adaptive threshold (N={config.window}, K={config.k:g})" if config.adaptive
+               else f"entropy threshold {config.entropy_threshold:g}")
+    if not config.entropy_control:
+        trigger = "no entropy control"
+    return f"{config.steps} steps, lr {config.lr:g}, {trigger}, up to {config.max_retries} reflections"
+
+
+def _tnot_trace(result, tokenizer):
+    """The reply's entropy sparkline, where it reflected, and TNOT's numbers."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from tjdkit.ui.tnot import reflection_line, sparkline, trace_summary
+
+    parts = [sparkline(result.records)]
+    reflections = reflection_line(result.records, lambda token: tokenizer.decode([token]))
+    if reflections:
+        parts.append(Text(reflections, style="magenta"))
+    parts.append(Text(trace_summary(result), style="dim"))
+    return Group(*parts)

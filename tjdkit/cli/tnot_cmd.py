@@ -1,0 +1,161 @@
+"""Test-time optimisation (SLOT delta + entropy-triggered reflection) on prompts or a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tjdkit.cli.common import JsonOpt, RecipeOpt, SetOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+
+
+def tnot(
+    prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to answer ('-' reads one from stdin)."),
+    recipe: RecipeOpt = None,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, directory, .gguf file or hub id."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prompts from a dataset: stemp (offline) or gsm8k (hub)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: test)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="How many dataset prompts (default: 20)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="AdamW steps on the delta (prompt and each reflection)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the delta (default: 0.1)."),
+    entropy_weight: Optional[float] = typer.Option(None, "--entropy-weight", help="w in (1-w)*CE + w*entropy."),
+    entropy_threshold: Optional[float] = typer.Option(None, "--entropy-threshold", help="Static trigger, nats (default: 3)."),
+    adaptive: Optional[bool] = typer.Option(None, "--adaptive/--static", help="max(mean + k*max(std,0.5), 1.8) over a window."),
+    window: Optional[int] = typer.Option(None, "--window", help="Adaptive window N (default: 20)."),
+    k: Optional[float] = typer.Option(None, "--k", help="Adaptive multiplier K (default: 2)."),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", help="Reflections per response (default: 5)."),
+    entropy_control: Optional[bool] = typer.Option(None, "--entropy-control/--no-entropy-control", help="The entropy trigger."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest response, in tokens."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 for greedy decoding [default]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    compare: bool = typer.Option(False, "--compare", help="Also run the plain model on the same prompts: accuracy and latency."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Write one JSON line per generated token here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the entropy traces to this PNG."),
+    show: int = typer.Option(3, "--show", min=0, help="Dataset runs: how many traces to print."),
+    json_path: JsonOpt = None,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    overrides: SetOpt = None,
+) -> None:
+    """Test-time optimisation (SLOT delta + entropy-triggered reflection) on prompts or a dataset.
+
+    Prints each response coloured by token entropy with reflections marked, a sparkline of
+    entropy against the threshold, and with --compare accuracy and latency beside the plain model.
+    """
+    import sys
+
+    from tjdkit.config import TnotRecipe
+    from tjdkit.errors import TjdkitError
+    from tjdkit.recipes import load_recipe
+
+    texts = [sys.stdin.read() if text == "-" else text for text in (prompts or [])]
+    if any(not text.strip() for text in texts):
+        raise TjdkitError("empty prompt")
+    if texts and dataset:
+        raise TjdkitError("give prompts or --dataset, not both")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise TjdkitError(f"--plot writes a PNG: give a path ending in .png, not {plot}")
+    for path in (record, json_path, plot):
+        if path is not None and path.is_dir():
+            raise TjdkitError(f"{path} is a directory: give a file path")
+    flags = {
+        "model.name": model, "model.dtype": dtype, "model.device": device,
+        "generation.max_new_tokens": max_new_tokens, "generation.temperature": temperature, "generation.seed": seed,
+        "prompts.dataset": dataset, "prompts.split": split, "prompts.limit": limit,
+        "tnot.steps": steps, "tnot.lr": lr, "tnot.entropy_weight": entropy_weight,
+        "tnot.entropy_threshold": entropy_threshold, "tnot.adaptive": adaptive, "tnot.window": window, "tnot.k": k,
+        "tnot.max_retries": max_retries, "tnot.entropy_control": entropy_control,
+    }
+    config = load_recipe(recipe or "tnot", TnotRecipe, overrides or [], flags)
+    if not texts and config.prompts.dataset is None:
+        raise TjdkitError("give a prompt (tjdkit tnot \"What is 3 C in F?\") or --dataset stemp|gsm8k")
+    if not texts:
+        from tjdkit.data.sources import dataset_splits
+
+        known = dataset_splits(config.prompts.dataset)
+        if config.prompts.split not in known:
+            raise TjdkitError(f"unknown split '{config.prompts.split}' for {config.prompts.dataset} (known: {', '.join(known)})")
+
+    quiet_libraries()
+    loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
+    _run_and_report(loaded, tokenizer, config, texts, compare, record, plot, show, json_path)
+
+
+def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show, json_path) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tjdkit.chat import stop_token_ids
+    from tjdkit.recipes import to_mapping
+    from tjdkit.tnot.records import record_lines
+    from tjdkit.tnot.run import prompt_items, run_prompts
+    from tjdkit.ui.tnot import compare_table, save_trace_plot, trace_summary
+
+    items = prompt_items(tokenizer, texts, config.prompts, config.model.name)
+    console, out = stderr(), stdout()
+    source = f"{config.prompts.dataset}/{config.prompts.split}" if not texts else f"{len(items)} prompt(s)"
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    task = progress.add_task(f"TNOT on {source}", total=len(items), status="")
+    counts = {"tokens": 0, "reflections": 0}
+
+    def on_token(index: int, record) -> None:
+        counts["tokens"] += 1
+        counts["reflections"] += record.reflected
+        progress.update(task, status=f"prompt {index + 1}: {counts['tokens']} tokens, {counts['reflections']} reflections")
+
+    shown = len(items) if texts else show
+
+    def on_done(index: int, run) -> None:
+        counts.update(tokens=0, reflections=0)
+        progress.update(task, advance=1)
+        if index < shown:  # above the live progress display on a terminal, else straight to stdout
+            block = _trace_block(run, tokenizer)
+            (progress.console if console.is_terminal else out).print(block)
+        elif not console.is_terminal:  # logs get one line per prompt instead of the progress bar
+            console.print(f"[dim]prompt {index + 1}/{len(items)} · {trace_summary(run.tnot)}[/]")
+
+    with progress:
+        result = run_prompts(model, tokenizer, items, config.tnot, config.generation, compare=compare,
+                             eos_token_ids=stop_token_ids(tokenizer, model), on_token=on_token, on_done=on_done)
+    settings = config.tnot
+    trigger = f"adaptive (N={settings.window}, K={settings.k:g})" if settings.adaptive else f"threshold {settings.entropy_threshold:g}"
+    title = (f"tnot {config.model.name} · {source} · steps {settings.steps} · lr {settings.lr:g} · "
+             f"{trigger if settings.entropy_control else 'no entropy control'} · max retries {settings.max_retries}")
+    out.print(compare_table(result.rows(), title))
+    if record is not None:
+        from tjdkit.fileio import atomic_write_text
+
+        lines = record_lines([run.tnot for run in result.runs], tokenizer, range(len(result.runs)))
+        atomic_write_text(record, "".join(line + "\n" for line in lines))
+        console.print(f"[dim]wrote {record} ({len(lines)} tokens)[/]")
+    if plot is not None:
+        save_trace_plot([(run.item.label.strip(), run.tnot.records) for run in result.runs], plot, title)
+        console.print(f"[dim]wrote {plot}[/]")
+    write_json(json_path, {"model": config.model.name, "recipe": to_mapping(config), **result.to_dict()})
+
+
+def _trace_block(run, tokenizer):
+    """One prompt's trace: the prompt, its coloured response, the sparkline and the numbers."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from tjdkit.tnot.records import token_pieces
+    from tjdkit.ui.tnot import entropy_text, reflection_line, sparkline, trace_summary
+
+    label = run.item.label.strip().replace("\n", " ⏎ ")
+    parts = [Text.assemble(("› ", "bold"), (label[:200], "bold"))]
+    parts.append(entropy_text(token_pieces(tokenizer, run.tnot.tokens), run.tnot.records))
+    parts.append(sparkline(run.tnot.records))
+    reflections = reflection_line(run.tnot.records, lambda token: tokenizer.decode([token]))
+    if reflections:
+        parts.append(Text(reflections, style="magenta"))
+    verdict = "" if run.correct is None else (" · correct" if run.correct else " · wrong")
+    parts.append(Text(trace_summary(run.tnot) + verdict, style="dim"))
+    if run.plain_tokens is not None:
+        same = "same as plain" if run.plain_tokens == run.tnot.tokens else "differs from plain"
+        plain_verdict = "" if run.plain_correct is None else (" (correct)" if run.plain_correct else " (wrong)")
+        parts.append(Text(f"{same}{plain_verdict}: {run.plain_text.strip()[:200]!r}", style="dim"))
+    parts.append(Text(""))
+    return Group(*parts)
