@@ -239,7 +239,6 @@ class ChatSession:
         from tjdkit.tnot.generate import tnot_generate
 
         g = self.generation
-        sampling = g.temperature > 0
         streamer.put(input_ids[0].cpu())  # the prompt: the streamer skips it
         (result,) = tnot_generate(
             self.model,
@@ -247,8 +246,7 @@ class ChatSession:
             config=self.tnot,
             max_new_tokens=g.max_new_tokens,
             eos_token_ids=self.stop_ids,
-            sampling=Sampling(g.temperature, g.top_k if sampling else None, g.top_p if sampling else None,
-                              g.repetition_penalty),
+            sampling=Sampling.from_generation(g),
             on_token=lambda _row, record: streamer.put(torch.tensor([record.token])),
         )
         return result

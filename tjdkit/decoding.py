@@ -161,6 +161,11 @@ class Sampling:
     top_p: Optional[float] = None
     repetition_penalty: float = 1.0
 
+    @classmethod
+    def from_generation(cls, section) -> "Sampling":
+        """A recipe's `generation` section; top-k 0 means no filter, and greedy ignores the filters."""
+        return cls(section.temperature, section.top_k or None, section.top_p, section.repetition_penalty)
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0

@@ -132,7 +132,7 @@ def run_prompts(
     on_done: Optional[Callable[[int, PromptRun], None]] = None,
 ) -> TnotRun:
     """TNOT on every prompt (batch size 1, so each prompt's latency is its own), and the plain model with `compare`."""
-    sampling = Sampling(generation.temperature, generation.top_k or None, generation.top_p, generation.repetition_penalty)
+    sampling = Sampling.from_generation(generation)
     generator = torch.Generator().manual_seed(generation.seed) if generation.seed is not None else None
     eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
     device = next(model.parameters()).device
