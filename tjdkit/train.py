@@ -1,22 +1,19 @@
-"""One training loop for joint heads, on accelerate.
+"""Joint heads trained on their backbone: the tjdkit.loop Job for `tjdkit train`.
 
 frozen: the backbone's hidden states are computed once and kept in memory, so every
-epoch after the first costs only the head. last_layer,
-lora, full: the backbone trains too, with its own next-token loss beside the head's, so
-plain decoding keeps working. Data order and loss offsets are functions of (seed,
-epoch, step), so a run resumed from its last checkpoint continues exactly where the
-killed one was. `accelerate launch -m tjdkit train ...` shards each batch over processes.
+epoch after the first costs only the head. last_layer, lora, full: the backbone trains
+too, with its own next-token loss beside the head's, so plain decoding keeps working.
+Loss offsets are a function of (seed, step), like the loop's data order, so a run
+resumed from its last checkpoint continues exactly where the killed one was.
+`accelerate launch -m tjdkit train ...` shards each batch over processes.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -25,13 +22,10 @@ from tjdkit.config import TrainRecipe
 from tjdkit.data.examples import Example, collate, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
 from tjdkit.evaluate import evaluate_nll, window_hidden
-from tjdkit.fileio import atomic_write_text, remove_stale_temp_dirs
+from tjdkit.loop import EventCallback, epoch_order, lr_factor, read_resume_state, run_loop  # noqa: F401 - epoch_order, lr_factor: re-exported
 from tjdkit.recipes import dump_recipe
-from tjdkit.runs import TRAINER_STATE, save_checkpoint
+from tjdkit.runs import save_checkpoint
 from tjdkit.windows import last_hidden, make_windows
-
-EventCallback = Optional[Callable[[dict], None]]
-
 
 # -- the head on its model --------------------------------------------------------------
 
@@ -111,23 +105,11 @@ def window_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return -head.log_prob(hidden[keep], targets[keep]).mean() / targets.shape[1]
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then linear decay to zero at the last step."""
-    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    return warm * max(0.0, 1.0 - step / max(total, 1))
-
-
-def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(count))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
-
-
 def loss_offset(seed: int, step: int, horizon: int) -> int:
     return random.Random(seed * 7_919 + step).randrange(horizon)
 
 
-# -- the loop -------------------------------------------------------------------------------
+# -- training --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -155,7 +137,7 @@ def train(
     t, mode = recipe.train, recipe.backbone.mode
     run_dir = Path(run_dir)
     check_head(recipe)
-    state = _resume_state(run_dir) if resume else None
+    state = read_resume_state(run_dir) if resume else None
     torch.manual_seed(t.seed)
     if model is None:
         from tjdkit.models import load_model
@@ -179,137 +161,70 @@ def train(
     head = build_run_head(recipe, model, vocab_ids).to(model.device)
     model = prepare_backbone(model, mode, recipe.backbone.lora_rank)
     joint = JointLoss(model, head, recipe.backbone.lm_loss_weight, tokenizer.eos_token_id)
-    trainable = [p for p in joint.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    world = accelerator.num_processes
-    steps_per_epoch = math.ceil(len(train_examples) / (t.batch_size * world))
-    total_steps = t.max_steps or steps_per_epoch * t.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t.warmup_steps, total_steps))
+    job = HeadJob(recipe, joint, train_examples, eval_examples, pad_id, emit)
+    done = run_loop(job, t, run_dir, dump_recipe(recipe), accelerator=accelerator, resume_state=state, on_event=on_event,
+                    before_first_step=job.cache_features)
+    return TrainResult(run_dir, done.steps, done.best, done.last_eval.get("base_eval_nll"), done.resumed_from, done.history)
 
-    step, best = 0, math.inf
-    if state is not None:
-        _restore(state, joint, optimizer, schedule)
-        step, best = state["step"], state["best"]
-        emit({"kind": "resume", "step": step})
-    joint, optimizer = accelerator.prepare(joint, optimizer)
-    inner = accelerator.unwrap_model(joint)
 
-    main = accelerator.is_main_process
-    metrics_path = run_dir / "metrics.jsonl"
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for checkpoint in ("best", "last"):
-            remove_stale_temp_dirs(run_dir / checkpoint)  # left by a run killed while saving
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-        _truncate_metrics(metrics_path, step)
+class HeadJob:
+    """A joint head on its backbone, as a loop.Job: checkpoints are runs.py's run checkpoints."""
 
-    features = None
-    if mode == "frozen":
-        model.eval()
-        features = _cache_features(model, train_examples, recipe.head.horizon, t.batch_size, pad_id, tokenizer.eos_token_id, emit)
+    score_key = "eval_nll"
 
-    info = {"model": recipe.model.name, "backbone_mode": mode, "dataset": recipe.data.dataset}
-    history: list[dict] = []
-    base_nll = None
-    started, tokens_seen, started_step = time.time(), 0, step
-    order_epoch, order = -1, []
-    while step < total_steps:
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(train_examples), t.seed, epoch)
-        chunk = order[position * t.batch_size * world : (position + 1) * t.batch_size * world]
-        batch_index = chunk[accelerator.process_index :: world]
-        every = recipe.head.horizon if t.memory_efficient_loss else 1
-        offset = loss_offset(t.seed, step, recipe.head.horizon) if t.memory_efficient_loss else 0
-        joint.train()
-        if mode == "frozen":
+    def __init__(self, recipe: TrainRecipe, joint: JointLoss, train_examples: list[Example], eval_examples: list[Example], pad_id: int, emit):
+        self.recipe, self.module, self.pad_id, self.emit = recipe, joint, pad_id, emit
+        self.train_examples, self.eval_examples = train_examples, eval_examples
+        self.size = len(train_examples)
+        self.frozen = recipe.backbone.mode == "frozen"
+        self.info = {"model": recipe.model.name, "backbone_mode": recipe.backbone.mode, "dataset": recipe.data.dataset}
+        self.features = None
+
+    def cache_features(self) -> None:
+        """frozen: the backbone's windows, once (the loop's before_first_step: the model is on its device, the clock not started)."""
+        if self.frozen:
+            model, h = self.module.model, self.recipe.head
             model.eval()
-            hidden, targets = _feature_batch(features, batch_index, every, offset)
-            loss, tokens = joint(hidden=hidden.to(model.device).float(), targets=targets.to(model.device))
+            self.features = _cache_features(model, self.train_examples, h.horizon, self.recipe.train.batch_size, self.pad_id, self.module.end_id, self.emit)
+
+    def train_mode(self, module) -> None:
+        module.train()
+        if self.frozen:
+            self.module.model.eval()
+
+    def loss(self, module, step: int, batch_index: list[int]):
+        t, horizon, device = self.recipe.train, self.recipe.head.horizon, self.module.model.device
+        every = horizon if t.memory_efficient_loss else 1
+        offset = loss_offset(t.seed, step, horizon) if t.memory_efficient_loss else 0
+        if self.frozen:
+            hidden, targets = _feature_batch(self.features, batch_index, every, offset)
+            loss, tokens = module(hidden=hidden.to(device).float(), targets=targets.to(device))
         else:
-            ids, mask, _ = collate([train_examples[i] for i in batch_index], pad_id)
-            loss, tokens = joint(ids=ids.to(model.device), mask=mask.to(model.device), every=every, offset=offset)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if t.grad_clip > 0:
-            accelerator.clip_grad_norm_(trainable, t.grad_clip)
-        optimizer.step()
-        schedule.step()
-        step += 1
-        tokens_seen += tokens * world
-        elapsed = time.time() - started
-        record = {
-            "step": step,
-            "epoch": epoch,
-            "processes": world,
-            "loss": loss.item(),
-            "lr": schedule.get_last_lr()[0],
-            "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,
-            "eta_seconds": elapsed / (step - started_step) * (total_steps - step),
-        }
-        evaluating = step % t.eval_every == 0 or step == total_steps
-        if evaluating and main:
-            inner.eval()
-            eval_nll, base_nll = evaluate_nll(inner.model, inner.head, eval_examples, t.batch_size, pad_id)
-            record.update(eval_nll=eval_nll, base_eval_nll=base_nll)
-            if eval_nll < best:
-                best = eval_nll
-                save_checkpoint(run_dir / "best", inner.head, inner.model, {**info, "step": step, "eval_nll": eval_nll})
-        if main and (step % t.save_every == 0 or step == total_steps):
-            trainer_state = {
-                "step": step,
-                "best": best,
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            }
-            save_checkpoint(run_dir / "last", inner.head, inner.model, {**info, "step": step}, trainer_state)
-        if main:
-            history.append(record)
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        emit({"kind": "step", "total": total_steps, **record})
-    accelerator.wait_for_everyone()
-    return TrainResult(run_dir, step, best if best < math.inf else None, base_nll, started_step, history)
+            ids, mask, _ = collate([self.train_examples[i] for i in batch_index], self.pad_id)
+            loss, tokens = module(ids=ids.to(device), mask=mask.to(device), every=every, offset=offset)
+        return loss, tokens, {}
 
+    def evaluate(self, module) -> dict[str, float]:
+        eval_nll, base_nll = evaluate_nll(module.model, module.head, self.eval_examples, self.recipe.train.batch_size, self.pad_id)
+        return {"eval_nll": eval_nll, "base_eval_nll": base_nll}
 
-def _resume_state(run_dir: Path) -> dict:
-    path = run_dir / "last" / TRAINER_STATE
-    if not path.is_file():
-        raise TjdkitError(f"nothing to resume: {run_dir} has no last checkpoint ({path} is missing)")
-    try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise TjdkitError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return {**state, "last_dir": path.parent}
+    def save(self, directory: Path, module, info: dict, trainer_state: Optional[dict]) -> None:
+        save_checkpoint(directory, module.head, module.model, info, trainer_state)
 
+    def restore(self, directory: Path, module) -> None:
+        """The checkpoint's head and trained backbone weights (adapter or backbone.safetensors)."""
+        from safetensors.torch import load_file
 
-def _restore(state: dict, joint: JointLoss, optimizer, schedule) -> None:
-    """Put the last checkpoint's head, backbone, optimizer, schedule and RNG back in place."""
-    from safetensors.torch import load_file
+        from tjdkit.runs import apply_backbone, read_checkpoint
 
-    from tjdkit.runs import apply_backbone, read_checkpoint
+        module.head.load_state_dict(load_file(directory / "head.safetensors"))
+        info = read_checkpoint(directory)
+        if info["backbone_weights"] == "adapter":
+            from peft import set_peft_model_state_dict
 
-    last = state["last_dir"]
-    joint.head.load_state_dict(load_file(last / "head.safetensors"))
-    info = read_checkpoint(last)
-    if info["backbone_weights"] == "adapter":
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(joint.model, load_file(last / "adapter" / "adapter_model.safetensors"))
-    else:
-        apply_backbone(joint.model, last, info)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["torch_rng"])
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """A resumed run rewrites the steps after its checkpoint: drop them from metrics.jsonl."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+            set_peft_model_state_dict(module.model, load_file(directory / "adapter" / "adapter_model.safetensors"))
+        else:
+            apply_backbone(module.model, directory, info)
 
 
 def _cache_features(model, examples, horizon, batch_size, pad_id, end_id, emit) -> list[tuple[torch.Tensor, torch.Tensor]]:

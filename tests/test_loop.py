@@ -1,0 +1,163 @@
+"""The shared training loop on a job of its own: a 4-weight linear regression, CPU, no model download."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tjdkit.config import TrainSection
+from tjdkit.errors import TjdkitError
+from tjdkit.fileio import atomic_directory
+from tjdkit.loop import read_resume_state, run_loop
+from tjdkit.runs import TRAINER_STATE
+
+TIMING = ("tokens_per_second", "eta_seconds")
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(4))
+        self.scale = nn.Parameter(torch.ones(1), requires_grad=False)  # frozen: must stay out of the optimizer
+
+    def forward(self, x):
+        return self.scale * (x @ self.w)
+
+
+class RegressionJob:
+    """y = x @ [1, -2, 0.5, 3] on 40 examples; the loss adds noise from the torch RNG, so exact resume needs it restored."""
+
+    score_key = "eval_mse"
+
+    def __init__(self, scores=None):
+        generator = torch.Generator().manual_seed(0)
+        true = torch.tensor([1.0, -2.0, 0.5, 3.0])
+        self.x, self.eval_x = torch.randn(40, 4, generator=generator), torch.randn(16, 4, generator=generator)
+        self.y, self.eval_y = self.x @ true, self.eval_x @ true
+        self.module = Linear()
+        self.size = 40
+        self.info = {"model": "regression"}
+        self.scores = iter(scores) if scores else None
+        self.saves, self.calls = [], []
+
+    def train_mode(self, module):
+        self.calls.append("train_mode")
+        module.train()
+
+    def loss(self, module, step, batch_index):
+        self.calls.append("loss")
+        noise = 0.01 * torch.randn(len(batch_index))
+        loss = ((module(self.x[batch_index]) - self.y[batch_index] - noise) ** 2).mean()
+        return loss, len(batch_index), {"task": "even" if step % 2 == 0 else "odd"}
+
+    def evaluate(self, module):
+        assert not module.training
+        with torch.no_grad():
+            mse = ((module(self.eval_x) - self.eval_y) ** 2).mean().item()
+        return {"eval_mse": next(self.scores) if self.scores else mse, "true_mse": mse}
+
+    def save(self, directory, module, info, trainer_state):
+        self.saves.append((directory.name, info["step"], trainer_state is not None))
+        with atomic_directory(directory) as tmp:
+            torch.save(module.state_dict(), tmp / "weights.pt")
+            (tmp / "info.json").write_text(json.dumps(info))
+            if trainer_state is not None:
+                torch.save(trainer_state, tmp / TRAINER_STATE)
+
+    def restore(self, directory, module):
+        module.load_state_dict(torch.load(directory / "weights.pt"))
+
+
+SETTINGS = TrainSection(max_steps=12, batch_size=8, lr=0.3, eval_every=4, save_every=5)
+
+
+def loop(job, run_dir, **kwargs):
+    from accelerate import Accelerator
+
+    return run_loop(job, SETTINGS, run_dir, "command: test\n", accelerator=Accelerator(cpu=True), **kwargs)
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_every_step_is_recorded_with_the_jobs_fields(tmp_path):
+    torch.manual_seed(0)
+    job = RegressionJob()
+    result = loop(job, tmp_path / "run", before_first_step=lambda: job.calls.append("before_first_step"))
+    assert result.steps == 12 and result.resumed_from == 0
+    assert job.calls == ["before_first_step"] + ["train_mode", "loss"] * 12
+    lines = metrics(tmp_path / "run")
+    assert [line["step"] for line in lines] == list(range(1, 13))
+    assert [line["task"] for line in lines] == ["even", "odd"] * 6  # loss() saw steps 0..11
+    assert [line["epoch"] for line in lines] == [0] * 5 + [1] * 5 + [2] * 2  # 40 examples, batches of 8
+    assert [line["step"] for line in lines if "eval_mse" in line] == [4, 8, 12]
+    evals = [line["eval_mse"] for line in lines if "eval_mse" in line]
+    assert evals == sorted(evals, reverse=True) and evals[-1] < (job.eval_y**2).mean() / 10  # vs w = 0
+    assert lines[-1]["loss"] < min(line["loss"] for line in lines[:4])
+    assert [{k: v for k, v in line.items() if k not in TIMING} for line in result.history] == [
+        {k: v for k, v in line.items() if k not in TIMING} for line in lines
+    ]
+    assert result.best == lines[-1]["eval_mse"] and result.last_eval == {k: lines[-1][k] for k in ("eval_mse", "true_mse")}
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == "command: test\n"
+    assert torch.equal(job.module.scale, torch.ones(1))
+
+
+def test_best_is_saved_when_the_score_improves_and_last_on_its_cadence(tmp_path):
+    torch.manual_seed(0)
+    job = RegressionJob(scores=[3.0, 1.0, 2.0])
+    result = loop(job, tmp_path / "run")
+    assert job.saves == [("best", 4, False), ("last", 5, True), ("best", 8, False), ("last", 10, True), ("last", 12, True)]
+    assert json.loads((tmp_path / "run" / "best" / "info.json").read_text()) == {"model": "regression", "step": 8, "eval_mse": 1.0}
+    assert json.loads((tmp_path / "run" / "last" / "info.json").read_text()) == {"model": "regression", "step": 12}
+    assert not (tmp_path / "run" / "best" / TRAINER_STATE).exists()
+    state = read_resume_state(tmp_path / "run")
+    assert state["step"] == 12 and state["best"] == 1.0 and state["last_dir"] == tmp_path / "run" / "last"
+    assert {"optimizer", "schedule", "torch_rng"} <= state.keys()
+    assert result.best == 1.0 and result.last_eval["eval_mse"] == 2.0
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    torch.manual_seed(0)
+    straight = RegressionJob()
+    loop(straight, tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_7(event):
+        if event["kind"] == "step" and event["step"] == 7:
+            raise Killed
+
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        loop(RegressionJob(), tmp_path / "killed", on_event=kill_at_step_7)
+    assert [line["step"] for line in metrics(tmp_path / "killed")] == list(range(1, 8))
+    stale = tmp_path / "killed" / ".last.tmp-999999999-x"  # a writer killed while saving (its process is gone)
+    stale.mkdir()
+
+    torch.manual_seed(1234)  # resume must put the killed run's RNG back, whatever the state now
+    events, resumed = [], RegressionJob()
+    result = loop(resumed, tmp_path / "killed", resume_state=read_resume_state(tmp_path / "killed"), on_event=events.append)
+    assert result.resumed_from == 5 and result.steps == 12 and len(result.history) == 7
+    assert events[0] == {"kind": "resume", "step": 5} and [e["step"] for e in events[1:]] == list(range(6, 13))
+    assert all(e["kind"] == "step" and e["total"] == 12 for e in events[1:])
+    assert torch.equal(resumed.module.w, straight.module.w)
+    assert not stale.exists()
+    a, b = metrics(tmp_path / "killed"), metrics(tmp_path / "straight")
+    assert [line["step"] for line in a] == list(range(1, 13))  # steps 6, 7 were rewritten, not duplicated
+    assert [{k: v for k, v in line.items() if k not in TIMING} for line in a] == [{k: v for k, v in line.items() if k not in TIMING} for line in b]
+    a, b = read_resume_state(tmp_path / "killed"), read_resume_state(tmp_path / "straight")
+    assert torch.equal(a["torch_rng"], b["torch_rng"]) and a["best"] == b["best"]
+    for x, y in zip(a["optimizer"]["state"][0].values(), b["optimizer"]["state"][0].values()):
+        assert torch.equal(torch.as_tensor(x), torch.as_tensor(y))
+
+
+def test_resume_state_errors_are_user_errors(tmp_path):
+    with pytest.raises(TjdkitError, match="nothing to resume"):
+        read_resume_state(tmp_path)
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / TRAINER_STATE).write_bytes(b"garbage")
+    with pytest.raises(TjdkitError, match="corrupt"):
+        read_resume_state(tmp_path)
