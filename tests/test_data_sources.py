@@ -124,7 +124,7 @@ def test_gsm8k_row_format():
 
 
 def test_dataset_rows_dispatch_and_errors():
-    assert DATASETS == ("stemp", "sharegpt", "gsm8k")
+    assert DATASETS == ("stemp", "sharegpt", "gsm8k", "smiles")
     stemp = dataset_rows("stemp", "test", size=3, seed=1, tokenizer=object())
     assert len(stemp) == 3 and all(set(r) == KEYS and isinstance(r["target"], float) for r in stemp)
     assert dataset_rows("sharegpt", "train", size=4, seed=2) == sharegpt_rows("train", size=4, seed=2)

@@ -114,7 +114,7 @@ class BackboneSection:
 
 @dataclass
 class DataSection:
-    dataset: Literal["stemp", "sharegpt", "gsm8k"] = "stemp"
+    dataset: Literal["stemp", "sharegpt", "gsm8k", "smiles"] = "stemp"
     train_size: Optional[int] = field(default=None, metadata={"min": 1})
     eval_size: Optional[int] = field(default=None, metadata={"min": 1})
     max_length: int = field(default=256, metadata={"min": 8})
@@ -192,3 +192,65 @@ class FactorizeRecipe:
     model: ModelSection = field(default_factory=ModelSection)
     factorize: FactorizeSection = field(default_factory=FactorizeSection)
     out: Optional[str] = None
+
+
+@dataclass
+class HyformerSection:
+    """The architecture of a Hyformer trained from scratch (HyformerConfig's fields)."""
+
+    d_model: int = field(default=256, metadata={"min": 8})
+    n_heads: int = field(default=8, metadata={"min": 1})
+    n_layers: int = field(default=4, metadata={"min": 1})
+    # Molecules longer than this (task token and <eos> included) are left out of training.
+    max_seq_len: int = field(default=128, metadata={"min": 8})
+    attn_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
+    resid_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})
+    prediction_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})
+    # first: the task token's state (it sees the whole molecule); mean: the average over tokens.
+    pooling: Literal["first", "mean"] = "first"
+    # Start from a saved Hyformer (a directory) instead of random weights; its architecture wins.
+    init: Optional[str] = None
+    device: str = "auto"
+
+
+@dataclass
+class TaskWeights:
+    """How often each task is drawn for a batch (relative weights; 0 leaves a task out)."""
+
+    lm: float = field(default=1.0, metadata={"min": 0.0})
+    mlm: float = field(default=0.5, metadata={"min": 0.0})
+    prediction: float = field(default=1.0, metadata={"min": 0.0})
+    # mlm: share of tokens chosen; of those 80% become <mask>, 10% a random token, 10% stay.
+    mask_fraction: float = field(default=0.15, metadata={"gt": 0.0, "max": 1.0})
+
+
+@dataclass
+class SmilesDataSection:
+    dataset: Literal["smiles"] = "smiles"
+    # Molecules of the fixed train split (3914 in all); null: all of them.
+    train_size: Optional[int] = field(default=None, metadata={"min": 1})
+    # Held-out molecules (eval split) scored at every evaluation; null: all 489.
+    eval_size: Optional[int] = field(default=None, metadata={"min": 1})
+    # Molecules sampled at each evaluation to read validity during training (0: none).
+    eval_samples: int = field(default=128, metadata={"min": 0})
+    # Train on a random equivalent SMILES of each molecule every time it is drawn (RDKit).
+    augment: bool = False
+    seed: int = 0
+
+
+@dataclass
+class HyformerTrainRecipe:
+    """A `train` recipe with a `hyformer:` section trains a Hyformer instead of a joint head."""
+
+    command: ClassVar[str] = "train"
+    description: str = ""
+    hyformer: HyformerSection = field(default_factory=HyformerSection)
+    tasks: TaskWeights = field(default_factory=TaskWeights)
+    data: SmilesDataSection = field(default_factory=SmilesDataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    out: Optional[str] = None
+
+
+def train_schema(recipe: dict) -> type:
+    """Which `train` recipe this mapping is: a `hyformer:` section makes it a Hyformer's."""
+    return HyformerTrainRecipe if "hyformer" in recipe else TrainRecipe

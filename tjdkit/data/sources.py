@@ -11,7 +11,7 @@ from typing import Optional
 
 from tjdkit.errors import TjdkitError
 
-DATASETS = ("stemp", "sharegpt", "gsm8k")
+DATASETS = ("stemp", "sharegpt", "gsm8k", "smiles")
 
 
 def dataset_splits(name: str) -> tuple[str, ...]:
@@ -22,7 +22,7 @@ def dataset_splits(name: str) -> tuple[str, ...]:
 
 
 def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None) -> list[dict]:
-    """Rows of one split; `tokenizer` renders chat data with its template (stemp and gsm8k ignore it)."""
+    """Rows of one split; `tokenizer` renders chat data with its template (the others ignore it)."""
     splits = dataset_splits(name)
     if split not in splits:
         raise TjdkitError(f"unknown split '{split}' for {name} (known: {', '.join(splits)})")
@@ -36,6 +36,10 @@ def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 
         from tjdkit.data.sharegpt import sharegpt_rows
 
         return sharegpt_rows(split, size, seed, tokenizer)
+    if name == "smiles":
+        from tjdkit.data.smiles import smiles_rows
+
+        return smiles_rows(split, size, seed)
     from tjdkit.data.gsm8k import gsm8k_rows
 
     return gsm8k_rows(split, size, seed)
