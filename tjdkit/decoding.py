@@ -179,16 +179,16 @@ class Sampling:
         return logits.scatter(0, context, seen)
 
     def probs(self, logits: Tensor) -> Tensor:
-        """Penalised logits [V] -> the sampling distribution [V]: tempered, top-k and top-p filtered."""
+        """Penalised logits [..., V] -> the sampling distribution [..., V]: tempered, top-k and top-p filtered."""
         logits = logits / self.temperature
         if self.top_k:  # None or 0: no filter
-            kth = torch.topk(logits, min(int(self.top_k), logits.shape[-1])).values[-1]
+            kth = torch.topk(logits, min(int(self.top_k), logits.shape[-1])).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.top_p is not None and self.top_p < 1.0:
             ordered, order = torch.sort(logits, descending=True)
             mass_before = torch.softmax(ordered, dim=-1).cumsum(-1) - torch.softmax(ordered, dim=-1)
             drop = mass_before > self.top_p  # keep the smallest prefix holding top_p of the mass
-            logits = logits.scatter(0, order, ordered.masked_fill(drop, float("-inf")))
+            logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
         return torch.softmax(logits, dim=-1)
 
     def pick(self, logits: Tensor, generator) -> int:

@@ -91,6 +91,8 @@ def load_model(
 def _from_pretrained(source: str, torch_dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import tjdkit.models.hyformer  # noqa: F401  (registers the "hyformer" model type with the Auto classes)
+
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     return model, tokenizer

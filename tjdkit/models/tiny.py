@@ -7,7 +7,7 @@ They exist so tests and sanity checks exercise the same code paths as the real m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from tjdkit.data.stemp import render_answer, render_prompt
 
@@ -121,6 +121,30 @@ def _gemma3_config(tokenizer) -> Any:
     )
 
 
+def _hyformer_config(tokenizer) -> Any:
+    from tjdkit.models.hyformer import HyformerConfig
+
+    return HyformerConfig(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        n_heads=4,
+        n_layers=2,
+        max_seq_len=256,
+        num_prediction_tasks=1,
+        prediction_task_type="regression",
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+
+
+def _smiles_tokenizer() -> Any:
+    from tjdkit.models.hyformer.tokenizer import build_smiles_tokenizer
+
+    return build_smiles_tokenizer()
+
+
 def _gpt2_config(tokenizer) -> Any:
     from transformers import GPT2Config
 
@@ -142,6 +166,8 @@ class TinyPreset:
     params: int  # checked against the built model by the tests
     make_config: Callable[[Any], Any]
     gpt2_style: bool = False
+    # Builds the tokenizer instead of the BPE on tokenizer_corpus() (Hyformer reads SMILES).
+    make_tokenizer: Optional[Callable[[], Any]] = None
 
 
 TINY_PRESETS = {
@@ -151,6 +177,13 @@ TINY_PRESETS = {
         TinyPreset("tiny-gemma3", "random 2-layer Gemma 3 (MQA, sliding + global)", 103_040, _gemma3_config),
         TinyPreset(
             "tiny-gpt2", "random 2-layer GPT-2, no chat template", 198_208, _gpt2_config, gpt2_style=True
+        ),
+        TinyPreset(
+            "tiny-hyformer",
+            "random 2-layer Hyformer (causal LM + MLM + TPSA regression head), SMILES tokenizer",
+            116_929,
+            _hyformer_config,
+            make_tokenizer=_smiles_tokenizer,
         ),
     ]
 }
@@ -162,7 +195,10 @@ def build_tiny(name: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     preset = TINY_PRESETS[name]
-    tokenizer = build_tokenizer(chat_template=None if preset.gpt2_style else GEMMA_CHAT_TEMPLATE, gpt2_style=preset.gpt2_style)
+    if preset.make_tokenizer is not None:
+        tokenizer = preset.make_tokenizer()
+    else:
+        tokenizer = build_tokenizer(chat_template=None if preset.gpt2_style else GEMMA_CHAT_TEMPLATE, gpt2_style=preset.gpt2_style)
     config = preset.make_config(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
