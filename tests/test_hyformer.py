@@ -282,6 +282,8 @@ def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
         for task in ("lm", "mlm", "prediction"):
             assert torch.equal(loaded(ids, task=task).logits, model(ids, task=task).logits)
     assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    with_config = Hyformer.from_pretrained(tmp_path, config=HyformerConfig.from_json(tmp_path / "config.json")).eval()
+    assert torch.equal(with_config(ids).logits, model(ids).logits)
 
 
 def test_transformers_auto_classes_and_tjdkit_load_model(model, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tjdkit.config import ChatRecipe
+from tjdkit.config import ChatRecipe, FactorizeRecipe, HyformerTrainRecipe, TnotRecipe, TrainRecipe, train_schema
 from tjdkit.errors import TjdkitError
 from tjdkit.recipes import (
     builtin_recipe_dir,
@@ -12,6 +12,7 @@ from tjdkit.recipes import (
     list_recipes,
     load_recipe,
     parse_override,
+    read_recipe,
 )
 
 
@@ -25,9 +26,13 @@ def test_shipped_recipes_all_validate():
     infos = list_recipes()
     assert "chat" in {info.name for info in infos}
     for info in infos:
-        if info.command == "chat":
-            recipe = load_recipe(info.name, ChatRecipe)
-            assert recipe.description
+        schema = {"chat": ChatRecipe, "tnot": TnotRecipe, "factorize": FactorizeRecipe}.get(info.command)
+        if info.command == "train":
+            schema = train_schema(read_recipe(info.name))
+        recipe = load_recipe(info.name, schema)
+        assert recipe.description, info.name
+    assert train_schema(read_recipe("hyformer-smiles")) is HyformerTrainRecipe
+    assert train_schema(read_recipe("stemp-cp")) is TrainRecipe
 
 
 def test_defaults_from_the_chat_recipe():

@@ -64,6 +64,11 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise TjdkitError(f"unknown recipe '{text}' (known: {known}; or pass a path to a .yaml file)")
 
 
+def read_recipe(name_or_path: str | Path) -> dict:
+    """The recipe's YAML mapping as written (unvalidated): for choosing its schema."""
+    return _read_yaml(find_recipe(name_or_path))
+
+
 def recipe_text(name_or_path: str | Path) -> str:
     return find_recipe(name_or_path).read_text(encoding="utf-8")
 

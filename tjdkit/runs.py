@@ -64,12 +64,16 @@ def _cpu_state(state: dict) -> dict:
 
 
 def read_checkpoint(directory: Path) -> dict:
+    """A joint-head checkpoint's metadata (a Hyformer run's checkpoints are models, not heads)."""
     try:
-        return json.loads((directory / CHECKPOINT).read_text())
+        info = json.loads((directory / CHECKPOINT).read_text())
     except FileNotFoundError:
         raise TjdkitError(f"{directory} is not a checkpoint (no {CHECKPOINT})") from None
     except (OSError, ValueError) as exc:
         raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: {exc}") from None
+    if info.get("kind") == "hyformer":
+        raise TjdkitError(f"{directory.parent} is a Hyformer run, not a joint head: use {directory} as a model (--model)")
+    return info
 
 
 def load_head(directory: Path, device: Any = "cpu"):

@@ -100,23 +100,12 @@ def _head_run(head_dir, model, head, rank, horizon, dataset, console):
 
 def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, modes,
                     max_new_tokens, plot, json_path) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from tjdkit.bench import bench_prompts, environment, run_bench
     from tjdkit.ui.bench import bench_table, parity_lines, save_plot
+    from tjdkit.ui.progress import stage_bars
 
     prompts = bench_prompts(tokenizer, dataset, split, count)
-    console = stderr()
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True, disable=not console.is_terminal)
-    tasks: dict[str, int] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=total)
-        progress.update(tasks[stage], completed=done)
-
-    with progress:
+    with stage_bars(stderr(), elapsed=True) as on_progress:
         result = run_bench(model, tokenizer, head, prompts, modes, max_new_tokens, on_progress=on_progress)
 
     env = environment(model)
@@ -134,7 +123,7 @@ def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, datase
         out.print(verdict)
     if plot is not None:
         save_plot(result, plot, title)
-        console.print(f"[dim]wrote {plot}[/]")
+        stderr().print(f"[dim]wrote {plot}[/]")
     write_json(json_path, {
         "model": model_name,
         "head": {"run_dir": str(run_dir), "trained_now": trained, **head.config()} if head is not None else None,

@@ -1,4 +1,4 @@
-"""Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance."""
+"""Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance; a Hyformer: molecules and TPSA."""
 
 from __future__ import annotations
 
@@ -11,17 +11,22 @@ from tjdkit.cli.common import JsonOpt, load_model_with_progress, quiet_libraries
 
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (tjdkit train) or any model name/path."),
-    dataset: str = typer.Option("stemp", "--dataset", "-d", help="stemp, sharegpt or gsm8k."),
-    limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many examples."),
+    dataset: str = typer.Option("stemp", "--dataset", "-d", help="stemp, sharegpt, gsm8k or smiles (a Hyformer)."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", "-n", min=1, help="How many examples (default 100; smiles: the whole held-out split)."
+    ),
     split: str = typer.Option("test", "--split", help="test, eval (stemp also: mild, hard)."),
     modes: Optional[str] = typer.Option(
         None, "--modes", help="Decoding modes: ar, draft, verify (default: all three for a run, ar for a plain model)."
     ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    samples: int = typer.Option(1000, "--samples", min=0, help="smiles: molecules to sample for validity, uniqueness, novelty."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="smiles: sampling temperature (0: greedy)."),
+    seed: int = typer.Option(0, "--seed", help="smiles: sampling seed."),
     json_path: JsonOpt = None,
 ) -> None:
-    """Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    """Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance. A Hyformer
+    (--dataset smiles): validity, uniqueness and novelty of sampled molecules, TPSA RMSE and R²."""
     from rich.table import Table
 
     from tjdkit.data.sources import dataset_splits
@@ -29,7 +34,19 @@ def evaluate(
     from tjdkit.errors import TjdkitError
     from tjdkit.evaluate import evaluate as run_evaluation
     from tjdkit.runs import is_run, load_run
+    from tjdkit.ui.progress import stage_bars
 
+    from tjdkit.evaluate_molecules import is_hyformer
+
+    if is_hyformer(target):
+        if dataset != "smiles":
+            raise TjdkitError(f"{target} is a Hyformer: it reads SMILES (use --dataset smiles)")
+        if modes is not None:
+            raise TjdkitError("--modes applies to joint heads; a Hyformer is scored by sampling molecules and predicting TPSA")
+        if split not in dataset_splits(dataset):
+            raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
+        return _evaluate_hyformer(target, split, limit, samples, temperature, seed, json_path)
+    limit = limit or 100
     chosen = tuple(mode.strip() for mode in (modes or ",".join(MODES)).split(",") if mode.strip())
     unknown = [mode for mode in chosen if mode not in MODES]
     if unknown or not chosen:
@@ -52,19 +69,7 @@ def evaluate(
             )
         model, tokenizer = load_model_with_progress(target)
         label = target
-    console = stderr()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    )
-    tasks: dict[str, int] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(f"{stage} decoding", total=total)
-        progress.update(tasks[stage], completed=done)
-
-    with progress:
+    with stage_bars(stderr(), suffix=" decoding") as on_progress:
         result = run_evaluation(model, tokenizer, head, dataset, limit, chosen, max_new_tokens, split, on_progress)
 
     table = Table(title=f"eval {label} on {dataset}/{split} ({result['examples']} examples)")
@@ -86,4 +91,38 @@ def evaluate(
             f"verify acceptance (greedy, along the model's own output): {acc['mean_accepted']:.2f} drafts accepted + 1 "
             f"= tau {acc['tau']:.2f} tokens per verify forward; acceptance by draft position: {by_position}"
         )
+    write_json(json_path, {"target": target, **result})
+
+
+def _evaluate_hyformer(target: str, split: str, limit: Optional[int], samples: int, temperature: float, seed: int,
+                       json_path) -> None:
+    from rich.table import Table
+
+    from tjdkit.data.smiles import require_rdkit
+    from tjdkit.evaluate_molecules import evaluate_smiles, hyformer_model_path
+    from tjdkit.ui.progress import stage_bars
+
+    require_rdkit()
+    model, tokenizer = load_model_with_progress(hyformer_model_path(target))
+    with stage_bars(stderr()) as on_progress:
+        result = evaluate_smiles(model, tokenizer, samples, temperature, seed=seed, split=split, limit=limit, on_progress=on_progress)
+    out = stdout()
+    g = result["generation"]
+    table = Table(title=f"eval {target}: {g['total']} molecules sampled (temperature {temperature:g}, seed {seed})")
+    for column in ("valid", "unique (of valid)", "novel (of unique)"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{g['validity']:.1%} ({g['valid']})", f"{g['uniqueness']:.1%} ({g['unique']})", f"{g['novelty']:.1%} ({g['novel']})")
+    out.print(table)
+    if g["examples"]:
+        out.print("novel molecules: " + "  ".join(g["examples"][:5]))
+    p = result["prediction"]
+    if p is not None:
+        table = Table(title=f"TPSA on the {split} split ({p['n']} molecules, Å²)")
+        for column in ("predictor", "RMSE", "MAE", "R²"):
+            table.add_column(column, justify="right" if column != "predictor" else "left")
+        table.add_row("Hyformer", f"{p['rmse']:.2f}", f"{p['mae']:.2f}", f"{p['r2']:.3f}")
+        table.add_row(f"training mean ({p['baseline']:.1f})", f"{p['baseline_rmse']:.2f}", f"{p['baseline_mae']:.2f}",
+                      f"{p['baseline_r2']:.3f}")
+        out.print(table)
+    out.print(f"NLL per token on {split}: LM {result['nll']['lm']:.4f} · MLM {result['nll']['mlm']:.4f}")
     write_json(json_path, {"target": target, **result})

@@ -1,4 +1,4 @@
-"""Train a joint head (or fine-tune a backbone with one) from a recipe."""
+"""Train a joint head (or fine-tune a backbone with one), or a Hyformer, from a recipe."""
 
 from __future__ import annotations
 
@@ -21,13 +21,22 @@ def train(
     overrides: SetOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
-    """Train a joint head from a recipe; writes checkpoints, metrics and the resolved recipe."""
+    """Train a joint head (or a Hyformer: recipe hyformer-smiles) from a recipe; writes checkpoints, metrics and the resolved recipe."""
     from rich.table import Table
 
-    from tjdkit.config import TrainRecipe
+    from tjdkit.config import HyformerTrainRecipe, TrainRecipe, train_schema
     from tjdkit.errors import TjdkitError
-    from tjdkit.recipes import find_recipe, load_recipe
+    from tjdkit.recipes import find_recipe, load_recipe, read_recipe
     from tjdkit.runs import is_run
+
+    if train_schema(read_recipe(recipe)) is HyformerTrainRecipe or any(text.startswith("hyformer.") for text in overrides or []):
+        head_flags = [flag for flag, value in (("--model", model), ("--head", head), ("--rank", rank), ("--horizon", horizon)) if value is not None]
+        if head_flags:
+            raise TjdkitError(
+                f"{head_flags[0]} applies to joint-head recipes; a Hyformer recipe sets its model in hyformer: "
+                "(e.g. --set hyformer.d_model=128)"
+            )
+        return _train_hyformer(recipe, out, resume, overrides or [], json_path)
 
     flags = {"model.name": model, "head.name": head, "head.rank": rank, "head.horizon": horizon}
     config = load_recipe(recipe, TrainRecipe, overrides or [], flags)
@@ -66,3 +75,53 @@ def train(
     write_json(json_path, {"run_dir": str(run_dir), "steps": result.steps, "resumed_from": result.resumed_from,
                            "eval_nll": result.eval_nll, "base_eval_nll": last["base_eval_nll"] if last else None,
                            "final": final})
+
+
+def _train_hyformer(recipe: str, out: Optional[Path], resume: bool, overrides: list[str], json_path: Optional[Path]) -> None:
+    from rich.table import Table
+
+    from tjdkit.config import HyformerTrainRecipe
+    from tjdkit.data.smiles import require_rdkit
+    from tjdkit.errors import TjdkitError
+    from tjdkit.recipes import find_recipe, load_recipe
+    from tjdkit.runs import is_run
+
+    config = load_recipe(recipe, HyformerTrainRecipe, overrides)
+    run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
+    if is_run(run_dir) and not resume:
+        raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+    from tjdkit.train_hyformer import check_recipe, train_hyformer
+
+    check_recipe(config)
+    require_rdkit()
+    quiet_libraries()
+    from tjdkit.ui.training import TrainDisplay, final_eval
+
+    h, w = config.hyformer, config.tasks
+    console = stderr()
+    console.print(
+        f"[bold]train[/] Hyformer (d_model {h.d_model}, {h.n_layers} layers, {h.n_heads} heads) on smiles, "
+        f"tasks lm {w.lm:g} · mlm {w.mlm:g} · prediction {w.prediction:g} -> {run_dir}"
+    )
+    with TrainDisplay(console) as display:
+        result = train_hyformer(config, run_dir, resume=resume, on_event=display)
+    last = final_eval(result.history, "eval_loss") or result.last_eval
+    final = result.history[-1] if result.history else {}
+    table = Table(title=f"run {run_dir} ({result.params:,} parameters, {result.train_molecules} training molecules)")
+    columns = ("steps", "final loss", "LM NLL/token", "MLM NLL/token", "TPSA RMSE (Å²)", "TPSA R²", "valid", "tokens/s")
+    for column in columns:
+        table.add_column(column, justify="right")
+
+    def cell(key: str, spec: str) -> str:
+        return format(last[key], spec) if last and key in last else "-"
+
+    table.add_row(
+        str(result.steps), f"{final.get('loss', float('nan')):.4f}", cell("eval_lm_nll", ".4f"), cell("eval_mlm_nll", ".4f"),
+        cell("eval_tpsa_rmse", ".2f"), cell("eval_tpsa_r2", ".3f"), cell("eval_validity", ".0%"),
+        f"{final.get('tokens_per_second', 0):.0f}",
+    )
+    stdout().print(table)
+    stdout().print(f"[dim]scores on the eval split; `tjdkit eval {run_dir} --dataset smiles` samples molecules and scores the test split[/]")
+    write_json(json_path, {"run_dir": str(run_dir), "kind": "hyformer", "steps": result.steps, "resumed_from": result.resumed_from,
+                           "params": result.params, "train_molecules": result.train_molecules, "best_eval_loss": result.best,
+                           "eval": last, "final": final})

@@ -1,4 +1,4 @@
-"""Progress displays for slow steps whose length the core cannot count (model loading)."""
+"""Progress displays: spinners for slow steps the core cannot count (model loading), bars for stages it can."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import contextlib
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
 @contextlib.contextmanager
@@ -22,6 +22,27 @@ def stage_display(console: Console, title: str) -> Iterator[Callable[[str], None
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(title, total=None)
         yield lambda stage: progress.update(task, description=f"{title}: {stage}")
+
+
+@contextlib.contextmanager
+def stage_bars(console: Console, suffix: str = "", elapsed: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """Transient bars, one per stage the core reports; yields the core's `on_progress(stage, done, total)`.
+
+    Nothing is drawn off a terminal.
+    """
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if elapsed:
+        columns.append(TimeElapsedColumn())
+    progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(f"{stage}{suffix}", total=total)
+        progress.update(tasks[stage], completed=done)
+
+    with progress:
+        yield on_progress
 
 
 def human_bytes(size: float) -> str:

@@ -45,7 +45,7 @@ class TrainDisplay:
         total = event["total"]
         info = _info(event)
         if not self.live:
-            if "eval_nll" in event or done == total:
+            if "eval_nll" in event or "eval_loss" in event or done == total:
                 self.console.print(f"{STAGES[kind]} {done}/{total} {info}")
             return
         if kind not in self.tasks:
@@ -56,12 +56,26 @@ class TrainDisplay:
 def _info(event: dict) -> str:
     if event["kind"] != "step":
         return ""
-    parts = [f"loss {event['loss']:.3f}", f"{event['tokens_per_second']:.0f} tok/s"]
+    task = f" ({event['task']})" if "task" in event else ""
+    parts = [f"loss {event['loss']:.3f}{task}", f"{event['tokens_per_second']:.0f} tok/s"]
     if "eval_nll" in event:
         parts.append(f"eval {event['eval_nll']:.3f} (base {event['base_eval_nll']:.3f}) nats/token")
+    if "eval_loss" in event:
+        parts.append(hyformer_eval_text(event))
     return " · ".join(parts)
 
 
-def final_eval(history: list[dict]) -> Optional[dict]:
-    evaluated = [record for record in history if "eval_nll" in record]
+def hyformer_eval_text(record: dict) -> str:
+    """A Hyformer evaluation in one line: task losses, TPSA fit, validity of sampled molecules."""
+    text = (
+        f"eval {record['eval_loss']:.3f} · LM {record['eval_lm_nll']:.3f} · MLM {record['eval_mlm_nll']:.3f} nats/token · "
+        f"TPSA RMSE {record['eval_tpsa_rmse']:.1f} R² {record['eval_tpsa_r2']:.3f}"
+    )
+    if "eval_validity" in record:
+        text += f" · valid {record['eval_validity']:.0%}"
+    return text
+
+
+def final_eval(history: list[dict], key: str = "eval_nll") -> Optional[dict]:
+    evaluated = [record for record in history if key in record]
     return evaluated[-1] if evaluated else None
