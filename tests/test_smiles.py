@@ -209,6 +209,9 @@ def test_generation_quality_by_hand():
         "uniqueness": 3 / 4,
         "novelty": 2 / 3,
     }
+    more = samples + ["NCC", "C1=CC=CC=C1"]  # repeats of CCN and benzene: not shown again
+    assert generation_quality(more, ["C(O)C"], examples=3)["examples"] == ["c1ccccc1", "CCN"]
+    assert generation_quality(more, ["C(O)C"], examples=1)["examples"] == ["c1ccccc1"]
     empty = generation_quality([], [])
     assert empty["validity"] == empty["uniqueness"] == empty["novelty"] == 0.0
     invalid = generation_quality(["xyz"], [])

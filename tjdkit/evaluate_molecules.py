@@ -59,7 +59,7 @@ def evaluate_smiles(
 ) -> dict:
     """Generation quality of `samples` sampled molecules; TPSA prediction and LM/MLM NLL on `split`."""
     from tjdkit.data.smiles import smiles_split
-    from tjdkit.data.smiles_metrics import canonical_smiles, generation_quality, regression_quality
+    from tjdkit.data.smiles_metrics import generation_quality, regression_quality
     from tjdkit.train_hyformer import held_out_scores, sample_smiles
 
     if samples < 0:
@@ -72,16 +72,8 @@ def evaluate_smiles(
 
     sampled = sample_smiles(model, tokenizer, samples, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
                             on_progress=lambda done, total: report("sampling", done, total)) if samples else []
-    quality = generation_quality(sampled, training_smiles)
-    known = {canonical_smiles(s) for s in training_smiles}
-    shown, seen = [], set()
-    for text in sampled:
-        form = canonical_smiles(text)
-        if form is not None and form not in known and form not in seen and len(shown) < 8:
-            shown.append(text)
-            seen.add(form)
-    result["generation"] = {**quality, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
-                            "examples": shown}
+    quality = generation_quality(sampled, training_smiles, examples=8)
+    result["generation"] = {**quality, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
 
     scores = held_out_scores(model, tokenizer, held_out, mask_fraction=0.15)
     report("prediction", len(held_out), len(held_out))

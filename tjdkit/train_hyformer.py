@@ -177,9 +177,8 @@ class HeldOut:
 
 @torch.no_grad()
 def held_out_scores(model, tokenizer, molecules: list[Molecule], mask_fraction: float) -> HeldOut:
-    """Every task's loss on `molecules` (the same MLM masks at every call) and the TPSA predictions."""
-    from torch.nn.functional import cross_entropy
-
+    """Every task's loss on `molecules` (the same MLM masks at every call) and the TPSA predictions,
+    through the model's own losses, weighted by what each batch counts."""
     from tjdkit.models.hyformer.tokenizer import encode_smiles
 
     device = next(model.parameters()).device
@@ -194,16 +193,17 @@ def held_out_scores(model, tokenizer, molecules: list[Molecule], mask_fraction: 
         smiles = [m.smiles for m in chunk]
 
         ids, mask = (t.to(device) for t in encode_smiles(tokenizer, smiles, "lm", max_len))
-        labels = ids.masked_fill(mask == 0, -100)[:, 1:]
-        logits = model(ids, task="lm", attention_mask=mask).logits[:, :-1]
-        sums["lm"] += cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum").item()
-        counts["lm"] += int((labels != -100).sum())
+        counted = int(mask[:, 1:].sum())  # every real token after the task token is predicted
+        out = model(ids, task="lm", attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+        sums["lm"] += out.loss.item() * counted
+        counts["lm"] += counted
 
         ids, mask = encode_smiles(tokenizer, smiles, "mlm", max_len)
         inputs, labels = mask_tokens(ids, mask, mask_fraction, tokenizer.mask_token_id, regular, generator)
-        logits = model(inputs.to(device), task="mlm", attention_mask=mask.to(device)).logits
-        sums["mlm"] += cross_entropy(logits.flatten(0, 1).float(), labels.to(device).flatten(), ignore_index=-100, reduction="sum").item()
-        counts["mlm"] += int((labels != -100).sum())
+        counted = int((labels != -100).sum())
+        out = model(inputs.to(device), task="mlm", attention_mask=mask.to(device), labels=labels.to(device))
+        sums["mlm"] += out.loss.item() * counted
+        counts["mlm"] += counted
 
         if model.prediction_head is not None:
             ids, mask = (t.to(device) for t in encode_smiles(tokenizer, smiles, "prediction", max_len))
@@ -370,7 +370,7 @@ def train_hyformer(recipe: HyformerTrainRecipe, run_dir: Path, resume: bool = Fa
         cpu=device.type == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    model = model.to(accelerator.device if device.type != "cpu" else device)
+    model = model.to(accelerator.device)
     job = HyformerJob(recipe, model, data)
     done = run_loop(job, recipe.train, run_dir, dump_recipe(recipe), accelerator=accelerator, resume_state=state,
                     on_event=on_event)

@@ -27,18 +27,19 @@ def _rate(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def generation_quality(samples: list[str], training_smiles: Iterable[str]) -> dict:
+def generation_quality(samples: list[str], training_smiles: Iterable[str], examples: int = 0) -> dict:
     """Counts and rates: validity = valid/total, uniqueness = unique/valid, novelty = novel/unique.
 
     unique counts distinct canonical forms among the valid samples; novel, those of them
-    not in the training set.
+    not in the training set. With `examples`, also the first that many novel samples as
+    written (one per canonical form, in sample order), so callers need not parse again.
     """
     canonical = [canonical_smiles(sample) for sample in samples]
     valid = [form for form in canonical if form is not None]
     unique = set(valid)
     known = {canonical_smiles(smiles) for smiles in training_smiles} - {None}
     novel = unique - known
-    return {
+    quality = {
         "total": len(samples),
         "valid": len(valid),
         "unique": len(unique),
@@ -47,6 +48,13 @@ def generation_quality(samples: list[str], training_smiles: Iterable[str]) -> di
         "uniqueness": _rate(len(unique), len(valid)),
         "novelty": _rate(len(novel), len(unique)),
     }
+    if examples > 0:
+        shown: dict[str, str] = {}
+        for sample, form in zip(samples, canonical):
+            if form in novel and form not in shown and len(shown) < examples:
+                shown[form] = sample
+        quality["examples"] = list(shown.values())
+    return quality
 
 
 def _errors(predictions: list[float], targets: list[float]) -> tuple[float, float, float]:
