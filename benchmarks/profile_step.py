@@ -55,10 +55,10 @@ def main() -> None:
         for n in (1, H):
             def body(n=n):
                 cache = _new_cache(model)
-                model.base_model(input_ids=context, past_key_values=cache, use_cache=True)
+                model.base_model(input_ids=context, cache=cache, use_cache=True)
                 cache.activate_past_recording()
                 start = time.perf_counter()
-                model.base_model(input_ids=torch.randint(0, vocab, (1, n)), past_key_values=cache, use_cache=True)
+                model.base_model(input_ids=torch.randint(0, vocab, (1, n)), cache=cache, use_cache=True)
                 return time.perf_counter() - start
 
             body()  # warm-up
@@ -73,9 +73,9 @@ def main() -> None:
 
         def crop():
             cache = _new_cache(model)
-            model.base_model(input_ids=context, past_key_values=cache, use_cache=True)
+            model.base_model(input_ids=context, cache=cache, use_cache=True)
             cache.activate_past_recording()
-            model.base_model(input_ids=torch.randint(0, vocab, (1, H)), past_key_values=cache, use_cache=True)
+            model.base_model(input_ids=torch.randint(0, vocab, (1, H)), cache=cache, use_cache=True)
             start = time.perf_counter()
             cache.crop(-(H - 1))
             return time.perf_counter() - start

@@ -152,8 +152,8 @@ def test_cache_holds_factors_of_the_stated_size(preset):
     rank = (2, 1, 1)
     tpa, reports = converted(model, rank)
     with torch.no_grad():
-        dense_cache = model(ids, use_cache=True).past_key_values
-        factor_cache = tpa(ids, use_cache=True).past_key_values
+        dense_cache = model(ids, use_cache=True).cache
+        factor_cache = tpa(ids, use_cache=True).cache
 
     def per_token(cache_layer):  # numbers one token adds to one layer's cache
         return cache_layer.keys[0, :, 0].numel() + cache_layer.values[0, :, 0].numel()
@@ -231,11 +231,11 @@ def test_cropped_cache_matches_no_cache(preset):
     cache = DynamicCache(config=tpa.config)
     cache.activate_past_recording()  # sliding layers keep what crop may need
     with torch.no_grad():
-        tpa(prefix, past_key_values=cache, use_cache=True)
-        tpa(torch.cat([ids[:, 40:44], drafts[:, :4]], dim=1), past_key_values=cache, use_cache=True)
+        tpa(prefix, cache=cache, use_cache=True)
+        tpa(torch.cat([ids[:, 40:44], drafts[:, :4]], dim=1), cache=cache, use_cache=True)
         cache.crop(-4)  # 4 drafts rejected
         assert cache.get_seq_length() == 44
-        with_cache = tpa(right, past_key_values=cache, use_cache=True).logits
+        with_cache = tpa(right, cache=cache, use_cache=True).logits
         without = tpa(ids[:, :48], use_cache=False).logits[:, 44:]
     torch.testing.assert_close(with_cache, without, atol=1e-5, rtol=0)
 

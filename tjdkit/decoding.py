@@ -93,7 +93,7 @@ def _new_cache(model):
 
 def _next_logits(model, ids: Tensor, cache) -> Tensor:
     """ids [1, n] appended to the cache -> next-token logits [V] (float32) at the last position."""
-    hidden = model.base_model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[0, -1:]  # [1, D]
+    hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0, -1:]  # [1, D]
     return output_logits(model, hidden)[0]
 
 
@@ -103,7 +103,7 @@ def _next_hidden(model, ids: Tensor, cache) -> Tensor:
     Runs the backbone only (no lm_head): the head needs what lm_head would see, which is
     also what `tjdkit.windows.last_hidden` gives the head during training.
     """
-    out = model.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
+    out = model.base_model(input_ids=ids, cache=cache, use_cache=True)
     return out.last_hidden_state[:, -1]
 
 
@@ -146,7 +146,7 @@ def soft_cap(model, logits: Tensor) -> Tensor:
 def _hidden_and_logits(model, ids: Tensor, cache, last_only: bool = False) -> tuple[Tensor, Tensor]:
     """ids [1, n] appended to the cache -> hidden states [n, D] and logits [n, V] (float32) at
     every position, or [1, V] at the last one only (`last_only`, for a prefill)."""
-    hidden = model.base_model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[0]  # [n, D]
+    hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0]  # [n, D]
     return hidden, output_logits(model, hidden[-1:] if last_only else hidden)
 
 

@@ -288,7 +288,7 @@ class TpaAttention(nn.Module):
         hidden_states: Tensor,
         position_embeddings: Optional[tuple[Tensor, Tensor]] = None,
         attention_mask: Optional[Tensor] = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> tuple[Tensor, Optional[Tensor]]:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -305,8 +305,8 @@ class TpaAttention(nn.Module):
         cos, sin = position_embeddings
         query, b_k = self._apply_rope(query, b_k.transpose(1, 2), cos, sin)  # b_k [b, R_k, s, d_h]
         key, value = self._pack(a_k, b_k.transpose(1, 2)), self._pack(a_v, b_v)  # [b, 1, s, R*(h+d_h)]
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # [b, 1, S, ...]
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # [b, 1, S, ...]
         key, value = self._expand(key, self.tpa_k), self._expand(value, self.tpa_v)  # [b, h, S, d_h]
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(

@@ -170,7 +170,7 @@ def tnot_generate(
         extra = {}
         if padded:  # positions count real tokens only, as transformers' generate does
             extra = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]}
-        return model.base_model(input_ids=feed, past_key_values=cache, use_cache=True, **extra).last_hidden_state
+        return model.base_model(input_ids=feed, cache=cache, use_cache=True, **extra).last_hidden_state
 
     cache = _new_cache(model)
     hidden = forward(ids)  # [B, T, D]

@@ -35,7 +35,7 @@ class ModelOutput(_HFModelOutput):
     logits: Optional[Tensor] = None
     loss: Optional[Tensor] = None
     extras: Optional[dict] = None
-    past_key_values: Any = None
+    cache: Any = None
     hidden_states: Optional[tuple] = None
 
 
@@ -91,7 +91,7 @@ class HyformerModel(HyformerPreTrainedModel):
         self,
         input_ids: Tensor,  # [B, T]
         attention_mask: Optional[Tensor] = None,  # [B, T] or [B, past + T]; 1 real, 0 padding
-        past_key_values: Any = None,  # a transformers Cache, or a list of KVCache (one per layer)
+        cache: Any = None,  # a transformers Cache, or a list of KVCache (one per layer)
         use_cache: Optional[bool] = None,
         position_ids: Optional[Tensor] = None,  # [B, T]
         causal: bool = True,
@@ -99,7 +99,6 @@ class HyformerModel(HyformerPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         B, T = input_ids.shape
-        cache = past_key_values
         if cache is None and use_cache:
             cache = [KVCache() for _ in self.layers]
         elif isinstance(cache, (list, tuple)):
@@ -123,7 +122,7 @@ class HyformerModel(HyformerPreTrainedModel):
             hidden_states.append(x)  # as in transformers: the last entry is the normed output
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=cache,
+            cache=cache,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
 
@@ -238,7 +237,7 @@ class Hyformer(HyformerPreTrainedModel, GenerationMixin):
         labels: Optional[Tensor] = None,
         *,
         targets: Optional[Tensor] = None,  # the seed's name for prediction labels
-        past_key_values: Any = None,
+        cache: Any = None,  # transformers' name; `kv_caches` is the seed's
         position_ids: Optional[Tensor] = None,
         output_hidden_states: Optional[bool] = None,
         **kwargs,
@@ -251,11 +250,11 @@ class Hyformer(HyformerPreTrainedModel, GenerationMixin):
         if task == "prediction" and self.prediction_head is None:
             raise ValueError("this Hyformer has no prediction head (set num_prediction_tasks in its config)")
         labels = labels if labels is not None else targets
-        cache = past_key_values if past_key_values is not None else kv_caches
+        cache = cache if cache is not None else kv_caches
         body = self.model(
             input_ids,
             attention_mask=attention_mask,
-            past_key_values=cache,
+            cache=cache,
             use_cache=use_cache or cache is not None,
             position_ids=position_ids,
             causal=task == "lm",
@@ -263,8 +262,8 @@ class Hyformer(HyformerPreTrainedModel, GenerationMixin):
         )
         hidden = body.last_hidden_state  # [B, T, D]
         extras: dict = {"hidden_states": hidden}
-        if body.past_key_values is not None:
-            extras["kv_caches"] = body.past_key_values
+        if body.cache is not None:
+            extras["kv_caches"] = body.cache
         loss = None
         if task == "prediction":
             T = input_ids.shape[1]
@@ -280,7 +279,7 @@ class Hyformer(HyformerPreTrainedModel, GenerationMixin):
             if labels is not None:
                 loss = compute_lm_loss(logits, labels) if task == "lm" else compute_mlm_loss(logits, labels, self.config.vocab_size)
         return ModelOutput(
-            logits=logits, loss=loss, extras=extras, past_key_values=body.past_key_values, hidden_states=body.hidden_states
+            logits=logits, loss=loss, extras=extras, cache=body.cache, hidden_states=body.hidden_states
         )
 
     def _scale(self, like: Tensor) -> Optional[tuple[Tensor, Tensor]]:
