@@ -24,7 +24,9 @@ def run_cli(capsys):
         import sys
 
         old_stdin = sys.stdin
-        if stdin is not None:
+        if isinstance(stdin, bytes):
+            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+        elif stdin is not None:
             sys.stdin = io.StringIO(stdin)
         try:
             main(list(args))

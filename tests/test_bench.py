@@ -75,6 +75,32 @@ def test_interrupted_head_training_is_resumed_not_used(tmp_path, monkeypatch, sm
     assert [event["step"] for event in events if event.get("kind") == "resume"] == [2]  # the last checkpoint
 
 
+def test_a_partial_head_with_a_pickled_state_is_retrained_not_loaded(tmp_path, monkeypatch, small_bench_recipe):
+    """An older tjdkit's (or a planted) trainer_state.pt in the bench cache is never unpickled: bench starts over."""
+    import os
+
+    import torch
+
+    from tjdkit.bench import head_cache_dir, resolve_head_run
+    from tjdkit.runs import is_run
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
+    final = head_cache_dir("tiny-llama", "cp", 2, 3, "stemp")
+    last = final.with_name(final.name + ".training") / "last"
+    last.mkdir(parents=True)
+    (last / "checkpoint.json").write_text("{}")
+    torch.save({"step": 1, "payload": RunsCode()}, last / "trainer_state.pt")
+    events = []
+    run_dir, trained = resolve_head_run("tiny-llama", "cp", 2, 3, "stemp", on_event=events.append)
+    assert (run_dir, trained) == (final, True) and is_run(final)
+    assert not any(event.get("kind") == "resume" for event in events)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_bench_with_a_given_run(run_cli, tmp_path):
     from tjdkit.train import train
 

@@ -128,7 +128,7 @@ def test_train_writes_loadable_model_checkpoints(trained_run):
     for which in ("best", "last"):
         for name in ("config.json", "model.safetensors", "tokenizer.json", "checkpoint.json"):
             assert (trained_run / which / name).is_file(), (which, name)
-    assert (trained_run / "last/trainer_state.pt").is_file()
+    assert (trained_run / "last/trainer_state.safetensors").is_file() and (trained_run / "last/trainer_state.json").is_file()
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7)) and all(r["task"] in ("lm", "mlm", "prediction") for r in records)
     model, tokenizer = load_model(str(trained_run / "best"))

@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from tjdkit.config import TrainSection
 from tjdkit.errors import TjdkitError
-from tjdkit.fileio import atomic_directory
+from tjdkit.fileio import atomic_directory, load_state_tree, save_state_tree
 from tjdkit.loop import read_resume_state, run_loop
-from tjdkit.runs import TRAINER_STATE
+from tjdkit.runs import LEGACY_TRAINER_STATE, TRAINER_STATE
 
 TIMING = ("tokens_per_second", "eta_seconds")
 
@@ -60,13 +60,13 @@ class RegressionJob:
     def save(self, directory, module, info, trainer_state):
         self.saves.append((directory.name, info["step"], trainer_state is not None))
         with atomic_directory(directory) as tmp:
-            torch.save(module.state_dict(), tmp / "weights.pt")
+            save_state_tree(tmp, "weights", module.state_dict())
             (tmp / "info.json").write_text(json.dumps(info))
             if trainer_state is not None:
-                torch.save(trainer_state, tmp / TRAINER_STATE)
+                save_state_tree(tmp, TRAINER_STATE, trainer_state)
 
     def restore(self, directory, module):
-        module.load_state_dict(torch.load(directory / "weights.pt"))
+        module.load_state_dict(load_state_tree(directory, "weights"))
 
 
 SETTINGS = TrainSection(max_steps=12, batch_size=8, lr=0.3, eval_every=4, save_every=5)
@@ -111,7 +111,7 @@ def test_best_is_saved_when_the_score_improves_and_last_on_its_cadence(tmp_path)
     assert job.saves == [("best", 4, False), ("last", 5, True), ("best", 8, False), ("last", 10, True), ("last", 12, True)]
     assert json.loads((tmp_path / "run" / "best" / "info.json").read_text()) == {"model": "regression", "step": 8, "eval_mse": 1.0}
     assert json.loads((tmp_path / "run" / "last" / "info.json").read_text()) == {"model": "regression", "step": 12}
-    assert not (tmp_path / "run" / "best" / TRAINER_STATE).exists()
+    assert not list((tmp_path / "run" / "best").glob(TRAINER_STATE + "*"))
     state = read_resume_state(tmp_path / "run")
     assert state["step"] == 12 and state["best"] == 1.0 and state["last_dir"] == tmp_path / "run" / "last"
     assert {"optimizer", "schedule", "torch_rng"} <= state.keys()
@@ -158,6 +158,51 @@ def test_resume_state_errors_are_user_errors(tmp_path):
     with pytest.raises(TjdkitError, match="nothing to resume"):
         read_resume_state(tmp_path)
     (tmp_path / "last").mkdir()
-    (tmp_path / "last" / TRAINER_STATE).write_bytes(b"garbage")
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / "last" / f"{TRAINER_STATE}{suffix}").write_bytes(b"garbage")
     with pytest.raises(TjdkitError, match="corrupt"):
         read_resume_state(tmp_path)
+    save_state_tree(tmp_path / "last", TRAINER_STATE, {"step": 3})
+    with pytest.raises(TjdkitError, match="corrupt trainer state .*: no best"):
+        read_resume_state(tmp_path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_a_planted_pickle_is_never_loaded(tmp_path, monkeypatch):
+    """A trainer_state.pt whose unpickling runs a command (the old format, or planted) is refused unread."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "last").mkdir()
+    torch.save({"step": 1, "payload": _RunsCode()}, tmp_path / "last" / LEGACY_TRAINER_STATE)
+    with pytest.raises(TjdkitError, match="is a pickle .* not read"):
+        read_resume_state(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    # a pickle put where the safetensors/JSON state belongs is corrupt, not executed
+    torch.save({"payload": _RunsCode()}, tmp_path / "last" / f"{TRAINER_STATE}.safetensors")
+    (tmp_path / "last" / f"{TRAINER_STATE}.json").write_text("{}")
+    with pytest.raises(TjdkitError, match="corrupt"):
+        read_resume_state(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_state_tree_round_trips_exactly(tmp_path):
+    tree = {
+        "step": 7, "best": float("inf"), "worst": float("-inf"), "nan": float("nan"), "name": "x", "none": None, "flag": True,
+        "betas": (0.9, 0.999), "lrs": [0.1, 1e-300], "int_keys": {0: {"exp_avg": torch.randn(3, dtype=torch.float64)}, 1: {}},
+        "rng": torch.get_rng_state(), "scalar": torch.tensor(5.0),
+    }
+    save_state_tree(tmp_path, "s", tree)
+    back = load_state_tree(tmp_path, "s")
+    assert back.keys() == tree.keys() and back["nan"] != back["nan"]
+    for key in ("step", "best", "worst", "name", "none", "flag", "betas", "lrs"):
+        assert back[key] == tree[key] and type(back[key]) is type(tree[key])
+    assert list(back["int_keys"]) == [0, 1] and torch.equal(back["int_keys"][0]["exp_avg"], tree["int_keys"][0]["exp_avg"])
+    assert back["int_keys"][0]["exp_avg"].dtype == torch.float64
+    assert torch.equal(back["rng"], tree["rng"]) and torch.equal(back["scalar"], tree["scalar"])
+    with pytest.raises(TypeError):
+        save_state_tree(tmp_path, "bad", {"f": lambda: 0})

@@ -8,11 +8,11 @@ import torch
 from tjdkit.config import TrainRecipe
 from tjdkit.data.examples import Example, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
+from tjdkit.evaluate import evaluate_nll
 from tjdkit.heads import build_head
 from tjdkit.models import load_model
 from tjdkit.recipes import from_mapping
 from tjdkit.runs import load_run
-from tjdkit.evaluate import evaluate_nll
 from tjdkit.train import _feature_batch, lr_factor, train
 
 
@@ -126,7 +126,7 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
     (tmp_path / "run" / "last" / "head.safetensors").write_bytes(b"garbage")
     with pytest.raises(TjdkitError, match="corrupt"):
         load_run(tmp_path / "run", "last")
-    (tmp_path / "run" / "last" / "trainer_state.pt").write_bytes(b"garbage")
+    (tmp_path / "run" / "last" / "trainer_state.safetensors").write_bytes(b"garbage")
     with pytest.raises(TjdkitError, match="corrupt"):
         train(recipe(train={"max_steps": 2}), tmp_path / "run", model, tokenizer, resume=True)
 

@@ -22,7 +22,7 @@ def test_train_then_eval_end_to_end(run_cli, tmp_path):
     assert code == 0, err
     summary = json.loads((tmp_path / "t.json").read_text())
     assert summary["steps"] == 6 and summary["eval_nll"] > 0
-    for name in ("recipe.yaml", "metrics.jsonl", "best/head.safetensors", "last/checkpoint.json", "last/trainer_state.pt"):
+    for name in ("recipe.yaml", "metrics.jsonl", "best/head.safetensors", "last/checkpoint.json", "last/trainer_state.safetensors", "last/trainer_state.json"):
         assert (tmp_path / "run" / name).is_file(), name
 
     code, out, err = run_cli("eval", str(tmp_path / "run"), "--limit", "3", "--max-new-tokens", "8", "--json", str(tmp_path / "e.json"))

@@ -80,7 +80,7 @@ def resolve_head_run(
     `.training` directory that becomes the cache entry only when training has finished, so
     an interrupted run is never mistaken for a finished head: the next call resumes it.
     """
-    from tjdkit.runs import is_run
+    from tjdkit.runs import has_trainer_state, is_run
     from tjdkit.train import train
 
     if horizon < 2:
@@ -91,7 +91,12 @@ def resolve_head_run(
     recipe = bench_recipe(dataset, model, head, rank, horizon)
     partial = final.with_name(final.name + ".training")
     model_obj, tokenizer = loaded if loaded is not None else (None, None)
-    train(recipe, partial, model_obj, tokenizer, resume=is_run(partial), on_event=on_event)
+    resume = has_trainer_state(partial / "last")
+    if partial.exists() and not resume:  # killed before its first last/, or an older tjdkit's pickled state: start over
+        import shutil
+
+        shutil.rmtree(partial)
+    train(recipe, partial, model_obj, tokenizer, resume=resume, on_event=on_event)
     if final.exists():  # another process finished first: keep theirs
         import shutil
 

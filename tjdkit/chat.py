@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from tjdkit.config import GenerationSection
+from tjdkit.decoding import fit_to_context
 from tjdkit.models.tiny import GEMMA_CHAT_TEMPLATE
 
 TextCallback = Callable[[str], None]
@@ -163,6 +164,7 @@ class ChatSession:
         import torch
 
         input_ids = self.encode(user_text).to(self.model.device)
+        fit_to_context(self.model, input_ids.shape[1], self.generation.max_new_tokens)  # a prompt that fills the context: refused
         streamer = _make_streamer(self.tokenizer, on_text or (lambda _text: None))
         started = time.perf_counter()
         interrupted, stats, tnot = False, None, None
@@ -193,7 +195,7 @@ class ChatSession:
         g = self.generation
         sampling = g.temperature > 0
         config = GenerationConfig(
-            max_new_tokens=g.max_new_tokens,
+            max_new_tokens=fit_to_context(self.model, input_ids.shape[1], g.max_new_tokens),
             do_sample=sampling,
             temperature=g.temperature if sampling else None,
             top_k=g.top_k if sampling else None,

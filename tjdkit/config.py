@@ -11,6 +11,8 @@ from typing import ClassVar, Literal, Optional
 
 from tjdkit.tnot.config import TnotConfig
 
+SEED = {"min": 0, "max": 2**63 - 1}  # what torch.manual_seed and every generator here accept
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -29,7 +31,7 @@ class GenerationSection:
     top_k: int = field(default=64, metadata={"min": 0})
     top_p: float = field(default=0.95, metadata={"gt": 0.0, "max": 1.0})
     repetition_penalty: float = field(default=1.0, metadata={"gt": 0.0})
-    seed: Optional[int] = None
+    seed: Optional[int] = field(default=None, metadata=SEED)
 
 
 ChatFormat = Literal["auto", "template", "gemma", "raw"]
@@ -65,7 +67,7 @@ class PromptsSection:
     dataset: Optional[Literal["stemp", "gsm8k"]] = None
     split: str = "test"
     limit: Optional[int] = field(default=20, metadata={"min": 1})
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     # How typed prompts are wrapped: auto, template, gemma or raw (as `tjdkit chat --format`).
     format: ChatFormat = "auto"
 
@@ -123,7 +125,7 @@ class DataSection:
     # Tokens each self-distilled continuation may run to (null: the original answer's length);
     # set it to the length you decode (e.g. bench's --max-new-tokens). Capped by max_length.
     distill_tokens: Optional[int] = field(default=None, metadata={"min": 1})
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
 
 
 @dataclass
@@ -140,7 +142,7 @@ class TrainSection:
     eval_every: int = field(default=200, metadata={"min": 1})
     save_every: int = field(default=200, metadata={"min": 1})
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
 
 
 @dataclass
@@ -235,7 +237,7 @@ class SmilesDataSection:
     eval_samples: int = field(default=128, metadata={"min": 0})
     # Train on a random equivalent SMILES of each molecule every time it is drawn (RDKit).
     augment: bool = False
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
 
 
 @dataclass

@@ -207,6 +207,27 @@ def _check_prompt(input_ids: Tensor) -> None:
         raise TjdkitError(f"decoding takes input_ids of shape [1, T] with T >= 1, got {shape}")
 
 
+def context_length(model) -> Optional[int]:
+    """Positions the model can read (max_position_embeddings; GPT-2's n_positions and Hyformer's
+    max_seq_len answer to that name too), or None when the config does not say."""
+    length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return length if isinstance(length, int) and length > 0 else None
+
+
+def fit_to_context(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """`max_new_tokens` cut to the room the context leaves after the prompt; a prompt that fills the
+    context is refused (learned positions would index past their table, RoPE models read garbage)."""
+    limit = context_length(model)
+    if limit is None:
+        return max_new_tokens
+    if prompt_tokens >= limit:
+        raise TjdkitError(
+            f"the prompt is {prompt_tokens} tokens and this model reads at most {limit}: shorten it"
+            + (" (it leaves no room for a reply)" if prompt_tokens == limit else "")
+        )
+    return min(max_new_tokens, limit - prompt_tokens)
+
+
 def _cut(chunk: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
     """Keep at most `room` tokens and stop after the first EOS (kept) -> (tokens, hit EOS)."""
     chunk = chunk[:room]
@@ -262,6 +283,9 @@ def generate(
         if (top_p is not None and top_p < 1 and temperature > 0) or repetition_penalty != 1.0:
             raise TjdkitError("top_p and repetition_penalty are not supported in draft mode (use verify)")
     _check_prompt(input_ids)
+    # verify feeds H tokens past the last accepted one: keep those positions inside the context too
+    reach = head.horizon - 1 if mode == "verify" and head is not None else 0
+    max_new_tokens = max(0, fit_to_context(model, input_ids.shape[1] + reach, max_new_tokens + reach) - reach)
 
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
     eos = set(int(t) for t in (eos_token_ids or ()))

@@ -22,8 +22,8 @@ import torch
 
 from tjdkit.config import TrainSection
 from tjdkit.errors import TjdkitError
-from tjdkit.fileio import atomic_write_text, remove_stale_temp_dirs
-from tjdkit.runs import TRAINER_STATE
+from tjdkit.fileio import atomic_write_text, load_state_tree, remove_stale_temp_dirs, user_errors
+from tjdkit.runs import LEGACY_TRAINER_STATE, TRAINER_STATE, has_trainer_state
 
 EventCallback = Optional[Callable[[dict], None]]
 
@@ -54,7 +54,8 @@ class Job(Protocol):
 
     def save(self, directory: Path, module: torch.nn.Module, info: dict, trainer_state: Optional[dict]) -> None:
         """Write one complete checkpoint directory atomically (tjdkit.fileio.atomic_directory). When
-        trainer_state is given, torch.save it to directory / TRAINER_STATE: read_resume_state reads it there."""
+        trainer_state is given, write it with fileio.save_state_tree(directory, TRAINER_STATE, ...):
+        read_resume_state reads it there."""
 
     def restore(self, directory: Path, module: torch.nn.Module) -> None:
         """Load the weights of a checkpoint written by save() into module (before accelerate prepares it)."""
@@ -174,7 +175,7 @@ def run_loop(
             job.save(run_dir / "last", inner, {**job.info, "step": step}, trainer_state)
         if main:
             history.append(record)
-            with metrics_path.open("a") as handle:
+            with user_errors(metrics_path), metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         emit({"kind": "step", "total": total_steps, **record})
     accelerator.wait_for_everyone()
@@ -182,15 +183,25 @@ def run_loop(
 
 
 def read_resume_state(run_dir: Path) -> dict:
-    """last/'s trainer state, plus "last_dir": read before anything slow, so a bad --resume fails fast."""
-    path = Path(run_dir) / "last" / TRAINER_STATE
-    if not path.is_file():
-        raise TjdkitError(f"nothing to resume: {run_dir} has no last checkpoint ({path} is missing)")
+    """last/'s trainer state, plus "last_dir": read before anything slow, so a bad --resume fails fast.
+
+    The state is safetensors + JSON; a pickled trainer_state.pt (older runs, or planted) is never loaded."""
+    last = Path(run_dir) / "last"
+    if not has_trainer_state(last):
+        if (last / LEGACY_TRAINER_STATE).exists():
+            raise TjdkitError(
+                f"cannot resume {run_dir}: its trainer state is a pickle ({last / LEGACY_TRAINER_STATE}), which could run "
+                "code when loaded and is not read; start the run again in a new --out"
+            )
+        raise TjdkitError(f"nothing to resume: {run_dir} has no last checkpoint with a trainer state ({last}/{TRAINER_STATE}.*)")
     try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise TjdkitError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return {**state, "last_dir": path.parent}
+        state = load_state_tree(last, TRAINER_STATE)
+        missing = [key for key in ("step", "best", "optimizer", "schedule", "torch_rng") if key not in state]
+    except (ValueError, TypeError) as exc:
+        raise TjdkitError(f"corrupt trainer state in {last}: {exc}") from None
+    if missing:
+        raise TjdkitError(f"corrupt trainer state in {last}: no {missing[0]}")
+    return {**state, "last_dir": last}
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -9,6 +9,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -70,7 +71,16 @@ def read_recipe(name_or_path: str | Path) -> dict:
 
 
 def recipe_text(name_or_path: str | Path) -> str:
-    return find_recipe(name_or_path).read_text(encoding="utf-8")
+    return _read_text(find_recipe(name_or_path))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TjdkitError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): a recipe is a YAML file") from None
+    except OSError as exc:
+        raise TjdkitError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
 
 
 def copy_recipe(name_or_path: str | Path, dest: str | Path, overwrite: bool = False) -> Path:
@@ -80,9 +90,10 @@ def copy_recipe(name_or_path: str | Path, dest: str | Path, overwrite: bool = Fa
         dest = dest / source.name
     if dest.exists() and not overwrite:
         raise TjdkitError(f"{dest} already exists (use --force to overwrite)")
-    from tjdkit.fileio import atomic_write_text
+    from tjdkit.fileio import atomic_write_text, check_output_file
 
-    return atomic_write_text(dest, source.read_text(encoding="utf-8"))
+    check_output_file(dest, what="recipes cp")
+    return atomic_write_text(dest, _read_text(source))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -167,14 +178,12 @@ class _Where:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise TjdkitError(f"{path}: bad YAML{where}: {problem}") from None
-    except OSError as exc:
-        raise TjdkitError(f"cannot read recipe {path}: {exc.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -250,6 +259,8 @@ def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise where.error(key, f"expected a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

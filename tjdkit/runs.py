@@ -7,7 +7,9 @@
         head.safetensors
         backbone.safetensors   the backbone weights that trained (last_layer, full)
         adapter/               LoRA adapter (lora)
-        trainer_state.pt       optimizer, schedule, step (last/ only: what --resume needs)
+        trainer_state.safetensors + trainer_state.json
+                               optimizer, schedule, step, RNG (last/ only: what --resume needs);
+                               no pickle, so a planted file cannot run code
 
 Verified decoding must run the head on the backbone it was trained with, so a checkpoint
 names its backbone weights: "base" (frozen) or the trained weights stored beside the head.
@@ -20,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from tjdkit.errors import TjdkitError
-from tjdkit.fileio import atomic_directory
+from tjdkit.fileio import atomic_directory, save_state_tree
 
 CHECKPOINT = "checkpoint.json"
-TRAINER_STATE = "trainer_state.pt"
+TRAINER_STATE = "trainer_state"  # .safetensors (tensors) + .json (the rest)
+LEGACY_TRAINER_STATE = "trainer_state.pt"  # a pickle, written before 0.2: never loaded
+
+
+def has_trainer_state(checkpoint: str | Path) -> bool:
+    return all((Path(checkpoint) / f"{TRAINER_STATE}{suffix}").is_file() for suffix in (".safetensors", ".json"))
 
 
 def is_run(path: str | Path) -> bool:
@@ -56,7 +61,7 @@ def save_checkpoint(
         payload = {**info, "head": head.config(), "backbone_weights": weights}
         (tmp / CHECKPOINT).write_text(json.dumps(payload, indent=2))
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER_STATE)
+            save_state_tree(tmp, TRAINER_STATE, trainer_state)
 
 
 def _cpu_state(state: dict) -> dict:
@@ -70,9 +75,17 @@ def read_checkpoint(directory: Path) -> dict:
     except FileNotFoundError:
         raise TjdkitError(f"{directory} is not a checkpoint (no {CHECKPOINT})") from None
     except (OSError, ValueError) as exc:
-        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: {exc}") from None
+        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(info, dict):
+        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: not a JSON object")
     if info.get("kind") == "hyformer":
         raise TjdkitError(f"{directory.parent} is a Hyformer run, not a joint head: use {directory} as a model (--model)")
+    head = info.get("head")
+    if not isinstance(info.get("model"), str) or not isinstance(head, dict) or not isinstance(head.get("name"), str):
+        missing = "model" if not isinstance(info.get("model"), str) else "head"
+        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: no valid '{missing}' entry")
+    if not isinstance(info.get("backbone_weights", "base"), str):
+        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: no valid 'backbone_weights' entry")
     return info
 
 
@@ -83,11 +96,16 @@ def load_head(directory: Path, device: Any = "cpu"):
     from tjdkit.heads import build_head
 
     info = read_checkpoint(directory)
-    head = build_head(**info["head"])
+    try:
+        head = build_head(**info["head"])
+    except TypeError as exc:
+        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: bad head entry ({exc})") from None
     try:
         head.load_state_dict(load_file(directory / "head.safetensors"))
     except (FileNotFoundError, SafetensorError, RuntimeError, OSError) as exc:
-        raise TjdkitError(f"corrupt or missing head weights in {directory}: {str(exc).splitlines()[0]}") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = " ".join(lines[:2])[:240] if lines else type(exc).__name__
+        raise TjdkitError(f"corrupt or missing head weights in {directory}: {reason}") from None
     return head.to(device).eval()
 
 
@@ -96,10 +114,17 @@ def apply_backbone(model, directory: Path, info: dict):
     weights = info.get("backbone_weights", "base")
     if weights == "base":
         return model
+    if weights not in ("adapter", "backbone.safetensors"):
+        raise TjdkitError(f"corrupt checkpoint {directory / CHECKPOINT}: unknown backbone_weights {weights!r}")
     if weights == "adapter":
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(directory / "adapter")).merge_and_unload()
+        if not (directory / "adapter" / "adapter_model.safetensors").is_file():  # peft would unpickle a .bin
+            raise TjdkitError(f"corrupt or missing LoRA adapter in {directory}: no adapter/adapter_model.safetensors")
+        try:
+            return PeftModel.from_pretrained(model, str(directory / "adapter")).merge_and_unload()
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise TjdkitError(f"corrupt LoRA adapter in {directory}: {str(exc).strip().splitlines()[0][:200]}") from None
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -107,7 +132,11 @@ def apply_backbone(model, directory: Path, info: dict):
         state = load_file(directory / weights)
     except (FileNotFoundError, SafetensorError, OSError) as exc:
         raise TjdkitError(f"corrupt or missing backbone weights in {directory}: {str(exc).splitlines()[0]}") from None
-    missing_or_unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    try:
+        missing_or_unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    except RuntimeError as exc:  # shapes differ: the checkpoint names another model than it was trained on
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise TjdkitError(f"{directory / weights} does not fit {info['model']}: {reason[:200]}") from None
     if missing_or_unexpected:
         raise TjdkitError(f"{directory / weights} does not fit {info['model']}: {missing_or_unexpected[0]} ...")
     return model

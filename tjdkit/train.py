@@ -52,6 +52,23 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
     )
 
 
+def check_resumable(recipe: TrainRecipe, last_dir: Path) -> None:
+    """--resume continues the same head on the same model: a recipe that asks for another is refused up front."""
+    from tjdkit.runs import read_checkpoint
+
+    info, h = read_checkpoint(last_dir), recipe.head
+    saved = info["head"]
+    wanted = {"model": recipe.model.name, "head": h.name, "rank": h.rank, "horizon": h.horizon, "backbone": recipe.backbone.mode}
+    found = {"model": info["model"], "head": saved.get("name"), "rank": saved.get("rank"), "horizon": saved.get("horizon"),
+             "backbone": info.get("backbone_mode")}
+    if h.name in ("stp", "multihead"):  # rank is not part of these heads
+        wanted.pop("rank"), found.pop("rank")
+    differ = [key for key in wanted if wanted[key] != found[key]]
+    if differ:
+        what = ", ".join(f"{key} {found[key]} (asked: {wanted[key]})" for key in differ)
+        raise TjdkitError(f"cannot resume {last_dir.parent}: it trains {what}; drop the changed settings or choose another --out")
+
+
 def check_head(recipe: TrainRecipe) -> None:
     """Fail before anything slow: the head constructors' own checks, on a 1-dimensional head."""
     from tjdkit.heads import build_head
@@ -138,6 +155,8 @@ def train(
     run_dir = Path(run_dir)
     check_head(recipe)
     state = read_resume_state(run_dir) if resume else None
+    if state is not None:
+        check_resumable(recipe, state["last_dir"])
     torch.manual_seed(t.seed)
     if model is None:
         from tjdkit.models import load_model
@@ -148,6 +167,11 @@ def train(
 
     train_examples = load_examples(recipe.data, tokenizer, "train")
     eval_examples = load_examples(recipe.data, tokenizer, "eval")
+    if not any(len(example.input_ids) > example.prompt_length for example in train_examples):
+        raise TjdkitError(
+            f"data.max_length {recipe.data.max_length} ends every training example inside its prompt: "
+            "no answer tokens to train on (raise data.max_length)"
+        )
     if recipe.data.self_distill:
         report = lambda done, total: emit({"kind": "distill", "done": done, "total": total})  # noqa: E731
         distill = dict(new_tokens=recipe.data.distill_tokens, max_length=recipe.data.max_length)
@@ -217,7 +241,10 @@ class HeadJob:
 
         from tjdkit.runs import apply_backbone, read_checkpoint
 
-        module.head.load_state_dict(load_file(directory / "head.safetensors"))
+        try:
+            module.head.load_state_dict(load_file(directory / "head.safetensors"))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise TjdkitError(f"cannot resume from {directory}: its head does not fit ({str(exc).strip().splitlines()[0][:160]})") from None
         info = read_checkpoint(directory)
         if info["backbone_weights"] == "adapter":
             from peft import set_peft_model_state_dict

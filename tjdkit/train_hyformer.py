@@ -20,7 +20,7 @@ import torch
 from tjdkit.config import HyformerTrainRecipe
 from tjdkit.data.smiles import Molecule
 from tjdkit.errors import TjdkitError
-from tjdkit.fileio import atomic_directory
+from tjdkit.fileio import atomic_directory, save_state_tree
 from tjdkit.loop import EventCallback, read_resume_state, run_loop
 from tjdkit.recipes import dump_recipe
 from tjdkit.runs import CHECKPOINT, TRAINER_STATE
@@ -136,9 +136,7 @@ def check_recipe(recipe: HyformerTrainRecipe) -> None:
     if not any(w > 0 for w in (recipe.tasks.lm, recipe.tasks.mlm, recipe.tasks.prediction)):
         raise TjdkitError("tasks: at least one of lm, mlm, prediction needs a weight > 0")
     if recipe.hyformer.init:
-        directory = Path(recipe.hyformer.init).expanduser()
-        if not (directory / "config.json").is_file():
-            raise TjdkitError(f"hyformer.init: {directory} is not a saved Hyformer (no config.json)")
+        check_init(Path(recipe.hyformer.init).expanduser())
     else:
         model_config(recipe)
 
@@ -151,6 +149,18 @@ def build_model(recipe: HyformerTrainRecipe, data: SmilesData):
     return Hyformer(model_config(recipe, data.tokenizer, targets))
 
 
+def check_init(directory: Path) -> None:
+    """hyformer.init names a saved Hyformer: safetensors, no custom code, model type hyformer."""
+    from tjdkit.models.loading import check_model_directory
+
+    if not (directory / "config.json").is_file():
+        raise TjdkitError(f"hyformer.init: {directory} is not a saved Hyformer (no config.json)")
+    check_model_directory(directory)
+    model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type != "hyformer":
+        raise TjdkitError(f"hyformer.init: {directory} is a {model_type or 'model of unknown type'}, not a Hyformer")
+
+
 def load_init(path: str):
     """A saved Hyformer and its tokenizer to continue training from."""
     from transformers import AutoTokenizer
@@ -158,6 +168,7 @@ def load_init(path: str):
     from tjdkit.models.hyformer import Hyformer
 
     directory = Path(path).expanduser()
+    check_init(directory)
     try:
         model = Hyformer.from_pretrained(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -317,7 +328,7 @@ class HyformerJob:
             self.data.tokenizer.save_pretrained(tmp)
             (tmp / CHECKPOINT).write_text(json.dumps(info, indent=2))
             if trainer_state is not None:
-                torch.save(trainer_state, tmp / TRAINER_STATE)
+                save_state_tree(tmp, TRAINER_STATE, trainer_state)
 
     def restore(self, directory: Path, module) -> None:
         from safetensors.torch import load_file

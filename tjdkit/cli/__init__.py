@@ -10,6 +10,7 @@ import typer
 from tjdkit import __version__
 from tjdkit.cli import bench_cmd, chat_cmd, eval_cmd, factorize_cmd, models_cmd, recipes_cmd, tnot_cmd, train_cmd
 from tjdkit.errors import TjdkitError
+from tjdkit.fileio import USER_ERRNOS
 
 app = typer.Typer(
     name="tjdkit",
@@ -89,4 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except BrokenPipeError:  # `tjdkit ... | head`: the reader left; nothing more to say
         sys.stderr.close()
         sys.exit(0)
+    except OSError as exc:  # a full disk or a read-only place met by a write no check could foresee
+        if exc.errno not in USER_ERRNOS:
+            raise
+        fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror}")
     sys.exit(code if isinstance(code, int) else 0)

@@ -9,6 +9,7 @@ import typer
 
 from tjdkit.cli.common import (
     JsonOpt,
+    check_outputs,
     load_model_with_progress,
     load_run_with_progress,
     quiet_libraries,
@@ -41,6 +42,7 @@ def bench(
     from tjdkit.bench import BENCH_MODES, NEEDS_HEAD
     from tjdkit.data.sources import dataset_splits
     from tjdkit.errors import TjdkitError
+    from tjdkit.recipes import builtin_recipe_dir
 
     chosen = tuple(mode.strip() for mode in modes.split(",") if mode.strip())
     unknown = [mode for mode in chosen if mode not in BENCH_MODES]
@@ -48,12 +50,14 @@ def bench(
         raise TjdkitError(f"unknown bench mode '{','.join(unknown) or modes}' (use {', '.join(BENCH_MODES)})")
     if len(set(chosen)) != len(chosen):
         raise TjdkitError(f"--modes lists a mode twice: {modes}")
+    benchable = sorted(path.stem.removeprefix("bench-") for path in builtin_recipe_dir().glob("bench-*.yaml"))
+    if dataset not in benchable:  # the datasets bench has a head recipe for
+        raise TjdkitError(f"no bench recipe for dataset {dataset!r}: bench runs on {' or '.join(benchable)} prompts")
     if split not in dataset_splits(dataset):
         raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
     if head not in ("cp", "mps", "multihead"):
         raise TjdkitError(f"bench needs a multi-token head: cp, mps or multihead, not {head!r}")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise TjdkitError(f"--plot writes a PNG: give a path ending in .png, not {plot}")
+    check_outputs(json_path, plot)
 
     quiet_libraries()
     console = stderr()
@@ -88,6 +92,9 @@ def _head_run(head_dir, model, head, rank, horizon, dataset, console):
     from tjdkit.ui.training import TrainDisplay
 
     check_head(recipe)
+    from tjdkit.fileio import check_output_dir
+
+    check_output_dir(cached.with_name(cached.name + ".training"), force=True, what="the head cache")  # writable, before training
     console.print(
         f"[bold]No trained {head} head (rank {rank}, horizon {horizon}) for {model_name} on {dataset} yet:[/] "
         f"training one with recipe bench-{dataset} (once; cached in {cached})"

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import RecipeOpt, SetOpt, load_model_with_progress, load_run_with_progress, stderr
+from tjdkit.cli.common import (
+    RecipeOpt,
+    SetOpt,
+    check_text,
+    load_model_with_progress,
+    load_run_with_progress,
+    read_stdin_text,
+    stderr,
+)
 
 HELP_LINE = "/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
 TNOT_HELP = "/trace shows or hides the entropy trace"
@@ -71,8 +79,9 @@ def chat(
         raise TjdkitError(f"{', '.join(tnot_settings)} set TNOT up: add --tnot")
     if config.chat.tnot and config.chat.head:
         raise TjdkitError("choose a joint head (--head) or TNOT (--tnot), not both")
+    check_text(config.chat.system, "--system")
     if prompt is not None:
-        prompt = sys.stdin.read() if prompt == "-" else prompt
+        prompt = read_stdin_text() if prompt == "-" else check_text(prompt)
         if not prompt.strip():
             raise TjdkitError("empty prompt")
 
@@ -125,6 +134,10 @@ def _one_shot(session, prompt: str) -> None:
 
 
 def _repl(session, model_name: str) -> None:
+    from rich.markup import escape
+
+    from tjdkit.errors import TjdkitError
+
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
@@ -164,7 +177,11 @@ def _repl(session, model_name: str) -> None:
         if text.startswith("/"):
             console.print(f"[dim]unknown command {text}: {help_line}[/]")
             continue
-        reply = session.reply(text, on_text=_write)
+        try:
+            reply = session.reply(check_text(text, "that line"), on_text=_write)
+        except TjdkitError as exc:  # e.g. a prompt too long for the context: say so and keep the session
+            console.print(f"[red]error:[/] {escape(str(exc))}")
+            continue
         _write("\n")
         console.print(_stats_line(reply))
         if reply.tnot is not None and show_trace:

@@ -14,7 +14,11 @@ SetOpt = Annotated[
     Optional[List[str]],
     typer.Option("--set", "-s", metavar="KEY.SUB=VALUE", help="Override any recipe key; repeatable."),
 ]
-JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this path.")]
+JsonOpt = Annotated[
+    Optional[Path], typer.Option("--json", help="Also write the result as JSON to this path ('-': stdout, tables go to stderr).")
+]
+
+_json_on_stdout = False  # set by check_outputs(json_path="-"): stdout then carries the JSON alone
 
 
 def is_main_process() -> bool:
@@ -25,20 +29,78 @@ def is_main_process() -> bool:
 
 
 def stdout() -> Console:
-    return Console(highlight=False, quiet=not is_main_process())
+    """Tables and results; on stderr when `--json -` claims stdout for the JSON."""
+    return Console(stderr=_json_on_stdout, highlight=False, quiet=not is_main_process())
 
 
 def stderr() -> Console:
     return Console(stderr=True, highlight=False, quiet=not is_main_process())
 
 
+def check_outputs(json_path: Optional[Path] = None, plot: Optional[Path] = None, record: Optional[Path] = None) -> None:
+    """Every output file a command will write, checked before any slow work starts."""
+    global _json_on_stdout
+    from tjdkit.fileio import check_output_file, is_stdout
+
+    check_output_file(json_path, what="--json", allow_stdout=True)
+    check_output_file(plot, suffix=".png", what="--plot")
+    check_output_file(record, what="--record")
+    _json_on_stdout = is_stdout(json_path)
+
+
 def write_json(path: Optional[Path], data: Any) -> None:
     if path is None or not is_main_process():
         return
-    from tjdkit.fileio import atomic_write_text
+    from tjdkit.fileio import atomic_write_text, is_stdout
 
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if is_stdout(path):
+        import sys
+
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(path, text)
     stderr().print(f"[dim]wrote {path}[/]")
+
+
+def nonempty_path(text: Optional[str], flag: str) -> Optional[Path]:
+    """A path flag as a Path; an empty one is refused (Path("") would silently mean the current directory)."""
+    from tjdkit.errors import TjdkitError
+
+    if text is None:
+        return None
+    if not text.strip():
+        raise TjdkitError(f"{flag} is empty: give a path")
+    return Path(text)
+
+
+def check_text(text: Optional[str], what: str = "the prompt") -> Optional[str]:
+    """Text from the command line or a terminal arrives with undecodable bytes as surrogates: refuse it."""
+    from tjdkit.errors import TjdkitError
+
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        raise TjdkitError(f"{what} is not UTF-8 text ({byte} at position {exc.start})") from None
+    return text
+
+
+def read_stdin_text() -> str:
+    """A prompt from standard input (`-`): UTF-8 text, else one error line."""
+    import sys
+
+    from tjdkit.errors import TjdkitError
+
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TjdkitError(f"standard input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def quiet_libraries() -> None:
@@ -47,8 +109,12 @@ def quiet_libraries() -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF de-quantiser's bar; read when tqdm is imported
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
+    # peft (<= 0.21) calls a transformers method deprecated in 5.x during LoRA training: not the user's to act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 

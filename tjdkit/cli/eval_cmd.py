@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import JsonOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import JsonOpt, check_outputs, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
 
 
 def evaluate(
@@ -22,22 +22,26 @@ def evaluate(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     samples: int = typer.Option(1000, "--samples", min=0, help="smiles: molecules to sample for validity, uniqueness, novelty."),
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="smiles: sampling temperature (0: greedy)."),
-    seed: int = typer.Option(0, "--seed", help="smiles: sampling seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="smiles: sampling seed."),
     json_path: JsonOpt = None,
 ) -> None:
     """Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance. A Hyformer
     (--dataset smiles): validity, uniqueness and novelty of sampled molecules, TPSA RMSE and R²."""
+    import math
+
     from rich.table import Table
 
     from tjdkit.data.sources import dataset_splits
     from tjdkit.decoding import HEAD_MODES, MODES
     from tjdkit.errors import TjdkitError
     from tjdkit.evaluate import evaluate as run_evaluation
-    from tjdkit.runs import is_run, load_run
+    from tjdkit.evaluate_molecules import is_hyformer
+    from tjdkit.runs import checkpoint_dir, is_run, load_run, read_checkpoint
     from tjdkit.ui.progress import stage_bars
 
-    from tjdkit.evaluate_molecules import is_hyformer
-
+    check_outputs(json_path)
+    if not math.isfinite(temperature):
+        raise TjdkitError(f"--temperature must be a finite number >= 0, got {temperature}")
     if is_hyformer(target):
         if dataset != "smiles":
             raise TjdkitError(f"{target} is a Hyformer: it reads SMILES (use --dataset smiles)")
@@ -46,8 +50,15 @@ def evaluate(
         if split not in dataset_splits(dataset):
             raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
         return _evaluate_hyformer(target, split, limit, samples, temperature, seed, json_path)
+    base_model = read_checkpoint(checkpoint_dir(target))["model"] if is_run(target) else target
+    if dataset == "smiles" and not is_hyformer(base_model):  # SMILES text means something only to a Hyformer
+        kind = "a joint-head run on a model that is not a Hyformer" if is_run(target) else "not a Hyformer"
+        raise TjdkitError(
+            f"--dataset smiles scores a Hyformer (sampled molecules, TPSA) or a joint head on one; {target} is {kind}: "
+            "evaluate it on stemp, sharegpt or gsm8k"
+        )
     limit = limit or 100
-    chosen = tuple(mode.strip() for mode in (modes or ",".join(MODES)).split(",") if mode.strip())
+    chosen = tuple(mode.strip() for mode in (",".join(MODES) if modes is None else modes).split(",") if mode.strip())
     unknown = [mode for mode in chosen if mode not in MODES]
     if unknown or not chosen:
         raise TjdkitError(f"unknown mode '{','.join(unknown) or modes}' (use {', '.join(MODES)})")

@@ -7,7 +7,18 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import JsonOpt, RecipeOpt, SetOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import (
+    JsonOpt,
+    RecipeOpt,
+    SetOpt,
+    check_outputs,
+    load_model_with_progress,
+    nonempty_path,
+    quiet_libraries,
+    stderr,
+    stdout,
+    write_json,
+)
 
 DEFAULT_RECIPES = {"tucker": "gemma3-tucker", "tpa": "gemma3-tpa"}
 
@@ -33,7 +44,7 @@ def factorize(
         None, "--activation-aware/--data-free", help="tucker: weigh the decomposition by calibration activations."
     ),
     eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Held-out tokens for perplexity (0 skips it)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the factorized model to this directory."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Save the factorized model to this directory."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the singular-value spectra with the chosen ranks to this PNG."),
     json_path: JsonOpt = None,
@@ -49,12 +60,13 @@ def factorize(
     from tjdkit.config import FactorizeRecipe
     from tjdkit.errors import TjdkitError
     from tjdkit.factorize.convert import METHODS, factorize_model
+    from tjdkit.fileio import check_output_dir
     from tjdkit.recipes import load_recipe
 
     if method is not None and method not in METHODS:
         raise TjdkitError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise TjdkitError(f"--plot writes a PNG: give a path ending in .png, not {plot}")
+    check_outputs(json_path, plot)
+    out = nonempty_path(out, "--out")
     flags = {
         "model.name": model,
         "model.dtype": dtype,
@@ -77,14 +89,20 @@ def factorize(
         raise TjdkitError("--materialize is for --method tucker (TPA changes the attention's form)")
     out_dir = Path(config.out).expanduser() if config.out else None
     if out_dir is not None:
-        from tjdkit.factorize.saving import check_out_dir
-
-        check_out_dir(out_dir, force)  # before anything slow
+        check_output_dir(out_dir, force)  # before anything slow
 
     quiet_libraries()
     console = stderr()
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
-    from tjdkit.ui.factorize import layer_line, notes, perplexity_line, report_table, save_spectra_plot
+    if out_dir is not None:  # the saved model is at most about the dense one's size
+        check_output_dir(out_dir, force, need_bytes=sum(p.numel() * p.element_size() for p in loaded.parameters()))
+    from tjdkit.ui.factorize import (
+        layer_line,
+        notes,
+        perplexity_line,
+        report_table,
+        save_spectra_plot,
+    )
     from tjdkit.ui.progress import stage_display
 
     def on_layer(row, done, total):

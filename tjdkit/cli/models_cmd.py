@@ -7,7 +7,7 @@ import time
 import typer
 from rich.table import Table
 
-from tjdkit.cli.common import JsonOpt, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import JsonOpt, check_outputs, quiet_libraries, stderr, stdout, write_json
 
 app = typer.Typer(help="Known models and the conversion cache.", no_args_is_help=True)
 
@@ -15,6 +15,7 @@ app = typer.Typer(help="Known models and the conversion cache.", no_args_is_help
 @app.command("ls")
 def list_(json_path: JsonOpt = None) -> None:
     """Model names, sizes, and whether each is converted and cached."""
+    check_outputs(json_path)
     from tjdkit.models import cache_root
     from tjdkit.models.catalog import catalog
     from tjdkit.ui.progress import human_bytes, human_count

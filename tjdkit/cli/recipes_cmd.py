@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tjdkit.cli.common import JsonOpt, stdout, write_json
+from tjdkit.cli.common import JsonOpt, check_outputs, stdout, write_json
 
 app = typer.Typer(help="List, print and copy the named YAML recipes.", no_args_is_help=True)
 
@@ -15,6 +15,7 @@ app = typer.Typer(help="List, print and copy the named YAML recipes.", no_args_i
 @app.command("ls")
 def list_(json_path: JsonOpt = None) -> None:
     """List the shipped recipes and the command each one drives."""
+    check_outputs(json_path)
     from tjdkit.recipes import list_recipes
 
     infos = list_recipes()

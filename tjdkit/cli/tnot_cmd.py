@@ -7,7 +7,19 @@ from typing import List, Optional
 
 import typer
 
-from tjdkit.cli.common import JsonOpt, RecipeOpt, SetOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import (
+    JsonOpt,
+    RecipeOpt,
+    SetOpt,
+    check_outputs,
+    check_text,
+    load_model_with_progress,
+    quiet_libraries,
+    read_stdin_text,
+    stderr,
+    stdout,
+    write_json,
+)
 
 
 def tnot(
@@ -43,22 +55,17 @@ def tnot(
     Prints each response coloured by token entropy with reflections marked, a sparkline of
     entropy against the threshold, and with --compare accuracy and latency beside the plain model.
     """
-    import sys
 
     from tjdkit.config import TnotRecipe
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import load_recipe
 
-    texts = [sys.stdin.read() if text == "-" else text for text in (prompts or [])]
+    texts = [read_stdin_text() if text == "-" else check_text(text) for text in (prompts or [])]
     if any(not text.strip() for text in texts):
         raise TjdkitError("empty prompt")
     if texts and dataset:
         raise TjdkitError("give prompts or --dataset, not both")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise TjdkitError(f"--plot writes a PNG: give a path ending in .png, not {plot}")
-    for path in (record, json_path, plot):
-        if path is not None and path.is_dir():
-            raise TjdkitError(f"{path} is a directory: give a file path")
+    check_outputs(json_path, plot, record)
     flags = {
         "model.name": model, "model.dtype": dtype, "model.device": device,
         "generation.max_new_tokens": max_new_tokens, "generation.temperature": temperature, "generation.seed": seed,
@@ -83,7 +90,13 @@ def tnot(
 
 
 def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show, json_path) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from tjdkit.chat import stop_token_ids
     from tjdkit.recipes import to_mapping

@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import JsonOpt, SetOpt, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import (
+    JsonOpt,
+    SetOpt,
+    check_outputs,
+    load_model_with_progress,
+    nonempty_path,
+    quiet_libraries,
+    stderr,
+    stdout,
+    write_json,
+)
 
 
 def train(
@@ -16,7 +26,7 @@ def train(
     head: Optional[str] = typer.Option(None, "--head", help="stp, multihead, cp or mps."),
     rank: Optional[int] = typer.Option(None, "--rank", help="CP rank / MPS bond dimension."),
     horizon: Optional[int] = typer.Option(None, "--horizon", help="Tokens predicted per step."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/RECIPE)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default runs/RECIPE)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     overrides: SetOpt = None,
     json_path: JsonOpt = None,
@@ -27,7 +37,6 @@ def train(
     from tjdkit.config import HyformerTrainRecipe, TrainRecipe, train_schema
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import find_recipe, load_recipe, read_recipe
-    from tjdkit.runs import is_run
 
     if train_schema(read_recipe(recipe)) is HyformerTrainRecipe or any(text.startswith("hyformer.") for text in overrides or []):
         head_flags = [flag for flag, value in (("--model", model), ("--head", head), ("--rank", rank), ("--horizon", horizon)) if value is not None]
@@ -36,18 +45,24 @@ def train(
                 f"{head_flags[0]} applies to joint-head recipes; a Hyformer recipe sets its model in hyformer: "
                 "(e.g. --set hyformer.d_model=128)"
             )
-        return _train_hyformer(recipe, out, resume, overrides or [], json_path)
+        return _train_hyformer(recipe, nonempty_path(out, "--out"), resume, overrides or [], json_path)
 
+    out = nonempty_path(out, "--out")
     flags = {"model.name": model, "head.name": head, "head.rank": rank, "head.horizon": horizon}
     config = load_recipe(recipe, TrainRecipe, overrides or [], flags)
     run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
-    if is_run(run_dir) and not resume:
-        raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+    check_run_dir(run_dir, resume)
 
-    from tjdkit.train import check_head
+    from tjdkit.loop import read_resume_state
+    from tjdkit.models import resolve_device
+    from tjdkit.train import check_head, check_resumable
     from tjdkit.train import train as run_training
 
     check_head(config)
+    check_outputs(json_path)
+    resolve_device(config.model.device)  # a device name that cannot work fails before the model loads
+    if resume:
+        check_resumable(config, read_resume_state(run_dir)["last_dir"])
     from tjdkit.ui.training import TrainDisplay, final_eval
 
     quiet_libraries()
@@ -77,22 +92,34 @@ def train(
                            "final": final})
 
 
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Before anything slow: a new run needs a free, writable place; --resume needs a run there."""
+    from tjdkit.errors import TjdkitError
+    from tjdkit.fileio import check_output_dir
+    from tjdkit.runs import is_run
+
+    if is_run(run_dir) and not resume:
+        raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+    run_files = {"recipe.yaml", "metrics.jsonl", "best", "last"}  # a run killed before its first checkpoint has these
+    if run_dir.is_dir() and any(p.name not in run_files and not p.name.startswith(".") for p in run_dir.iterdir()):
+        raise TjdkitError(f"{run_dir} holds other files, not a run: choose an empty or new --out")
+    check_output_dir(run_dir, force=True)
+
+
 def _train_hyformer(recipe: str, out: Optional[Path], resume: bool, overrides: list[str], json_path: Optional[Path]) -> None:
     from rich.table import Table
 
     from tjdkit.config import HyformerTrainRecipe
     from tjdkit.data.smiles import require_rdkit
-    from tjdkit.errors import TjdkitError
     from tjdkit.recipes import find_recipe, load_recipe
-    from tjdkit.runs import is_run
 
     config = load_recipe(recipe, HyformerTrainRecipe, overrides)
     run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
-    if is_run(run_dir) and not resume:
-        raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+    check_run_dir(run_dir, resume)
     from tjdkit.train_hyformer import check_recipe, train_hyformer
 
     check_recipe(config)
+    check_outputs(json_path)
     require_rdkit()
     quiet_libraries()
     from tjdkit.ui.training import TrainDisplay, final_eval

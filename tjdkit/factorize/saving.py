@@ -23,9 +23,9 @@ METADATA_KEY = "tjdkit_factorization"
 
 def save_factorized(model, tokenizer, out: str | Path, metadata: dict, force: bool = False, report: dict | None = None) -> Path:
     """Write the model, tokenizer and metadata to `out` atomically (all of it or nothing)."""
-    from tjdkit.fileio import atomic_directory
+    from tjdkit.fileio import atomic_directory, check_output_dir
 
-    out = check_out_dir(out, force)
+    out = check_output_dir(out, force)
     setattr(model.config, METADATA_KEY, metadata)
     try:
         with atomic_directory(out) as tmp:
@@ -35,16 +35,6 @@ def save_factorized(model, tokenizer, out: str | Path, metadata: dict, force: bo
                 (tmp / "factorize_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     finally:
         delattr(model.config, METADATA_KEY)
-    return out
-
-
-def check_out_dir(out: str | Path, force: bool = False) -> Path:
-    """`out` as a Path, after checking it is free: absent, an empty directory, or --force."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise TjdkitError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise TjdkitError(f"{out} already exists (use --force to replace it)")
     return out
 
 
@@ -101,7 +91,10 @@ def _install_empty(model, config, metadata: dict, directory: Path) -> None:
         ranks = tuple(int(r) for r in entry["ranks"])
         layer = layers[index]
         if method == "tucker":
-            from tjdkit.factorize.tucker import FactorizedAttentionProjections, attention_shape
+            from tjdkit.factorize.tucker import (
+                FactorizedAttentionProjections,
+                attention_shape,
+            )
 
             attn = layer.self_attn
             shape = attention_shape(attn, config)

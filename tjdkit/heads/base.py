@@ -29,6 +29,23 @@ from tjdkit.heads.positivity import POSITIVITY, log_factors
 DraftVocab = Union[int, Tensor, Sequence[int], None]
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux: MemAvailable), else the physical total, else None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class JointHead(nn.Module, metaclass=abc.ABCMeta):
     """Base class: p(y_1..y_H | hidden) with exact `log_prob` and conditional-exact `draft`.
 
@@ -96,6 +113,7 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
 
         # One projection per component: [C, E, D], near identity when E == D.
         c = self.num_components()
+        self._check_fits_in_memory(c * embedding_dim * hidden_size + embedding_dim * k + self._extra_parameters())
         if embedding_dim == hidden_size:
             proj = torch.eye(hidden_size).repeat(c, 1, 1)
             proj += torch.randn(c, hidden_size, hidden_size) * (self.init_noise / hidden_size**0.5)
@@ -112,6 +130,22 @@ class JointHead(nn.Module, metaclass=abc.ABCMeta):
 
     def _check_structure(self) -> None:
         """Raise TjdkitError when (rank, horizon) do not suit the head."""
+
+    def _extra_parameters(self) -> int:
+        """Parameters beyond the projections and the decoder (mixture or transition layers), counted before
+        they are allocated."""
+        return 0
+
+    def _check_fits_in_memory(self, parameters: int) -> None:
+        """A head larger than the machine's memory is refused before torch tries to allocate it."""
+        available = available_memory()
+        needed = 2 * 4 * parameters  # float32, and the projections' initial values are built beside them
+        if available is not None and needed > available:
+            raise TjdkitError(
+                f"{self.name} head: rank {self.rank}, horizon {self.horizon} on hidden size {self.hidden_size} needs "
+                f"{parameters:,} parameters ({needed / 2**30:,.1f} GiB to build), more than the {available / 2**30:.1f} GiB "
+                "of memory available: choose a smaller --rank or --horizon"
+            )
 
     @abc.abstractmethod
     def num_components(self) -> int:

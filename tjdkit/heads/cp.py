@@ -34,6 +34,9 @@ class CPHead(JointHead):
         nn.init.zeros_(self.mix.weight)
         nn.init.zeros_(self.mix.bias)
 
+    def _extra_parameters(self) -> int:
+        return (self.hidden_size + 1) * self.rank  # self.mix
+
     def num_components(self) -> int:
         return self.rank * self.horizon  # component c = r * H + h
 

