@@ -164,7 +164,6 @@ class ChatSession:
         import torch
 
         input_ids = self.encode(user_text).to(self.model.device)
-        fit_to_context(self.model, input_ids.shape[1], self.generation.max_new_tokens)  # a prompt that fills the context: refused
         streamer = _make_streamer(self.tokenizer, on_text or (lambda _text: None))
         started = time.perf_counter()
         interrupted, stats, tnot = False, None, None

@@ -192,7 +192,6 @@ def exchange_paths(a: Path, b: Path) -> None:
     binding for it, hence ctypes). Elsewhere, or on a file system without it: b moves aside, a
     takes its place, and the old b lands at a, leaving b absent for the moment between two renames."""
     import ctypes
-    import errno
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -182,10 +182,9 @@ def run_loop(
     return LoopResult(step, best if best < math.inf else None, history, started_step, last_eval)
 
 
-def read_resume_state(run_dir: Path) -> dict:
-    """last/'s trainer state, plus "last_dir": read before anything slow, so a bad --resume fails fast.
-
-    The state is safetensors + JSON; a pickled trainer_state.pt (older runs, or planted) is never loaded."""
+def resume_dir(run_dir: Path) -> Path:
+    """The last/ checkpoint --resume continues from, checked without loading its tensors (the CLI's
+    early check): a pickled trainer_state.pt (older runs, or planted) is refused, never opened."""
     last = Path(run_dir) / "last"
     if not has_trainer_state(last):
         if (last / LEGACY_TRAINER_STATE).exists():
@@ -194,6 +193,13 @@ def read_resume_state(run_dir: Path) -> dict:
                 "code when loaded and is not read; start the run again in a new --out"
             )
         raise TjdkitError(f"nothing to resume: {run_dir} has no last checkpoint with a trainer state ({last}/{TRAINER_STATE}.*)")
+    return last
+
+
+def read_resume_state(run_dir: Path) -> dict:
+    """last/'s trainer state (safetensors + JSON), plus "last_dir": read before anything slow, so a bad
+    --resume fails fast."""
+    last = resume_dir(run_dir)
     try:
         state = load_state_tree(last, TRAINER_STATE)
         missing = [key for key in ("step", "best", "optimizer", "schedule", "torch_rng") if key not in state]

@@ -155,8 +155,7 @@ def check_init(directory: Path) -> None:
 
     if not (directory / "config.json").is_file():
         raise TjdkitError(f"hyformer.init: {directory} is not a saved Hyformer (no config.json)")
-    check_model_directory(directory)
-    model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    model_type = check_model_directory(directory).get("model_type")
     if model_type != "hyformer":
         raise TjdkitError(f"hyformer.init: {directory} is a {model_type or 'model of unknown type'}, not a Hyformer")
 

@@ -96,13 +96,7 @@ def factorize(
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
     if out_dir is not None:  # the saved model is at most about the dense one's size
         check_output_dir(out_dir, force, need_bytes=sum(p.numel() * p.element_size() for p in loaded.parameters()))
-    from tjdkit.ui.factorize import (
-        layer_line,
-        notes,
-        perplexity_line,
-        report_table,
-        save_spectra_plot,
-    )
+    from tjdkit.ui.factorize import layer_line, notes, perplexity_line, report_table, save_spectra_plot
     from tjdkit.ui.progress import stage_display
 
     def on_layer(row, done, total):

@@ -55,7 +55,6 @@ def tnot(
     Prints each response coloured by token entropy with reflections marked, a sparkline of
     entropy against the threshold, and with --compare accuracy and latency beside the plain model.
     """
-
     from tjdkit.config import TnotRecipe
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import load_recipe
@@ -90,13 +89,7 @@ def tnot(
 
 
 def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show, json_path) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tjdkit.chat import stop_token_ids
     from tjdkit.recipes import to_mapping

@@ -53,7 +53,7 @@ def train(
     run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
     check_run_dir(run_dir, resume)
 
-    from tjdkit.loop import read_resume_state
+    from tjdkit.loop import resume_dir
     from tjdkit.models import resolve_device
     from tjdkit.train import check_head, check_resumable
     from tjdkit.train import train as run_training
@@ -62,7 +62,7 @@ def train(
     check_outputs(json_path)
     resolve_device(config.model.device)  # a device name that cannot work fails before the model loads
     if resume:
-        check_resumable(config, read_resume_state(run_dir)["last_dir"])
+        check_resumable(config, resume_dir(run_dir))
     from tjdkit.ui.training import TrainDisplay, final_eval
 
     quiet_libraries()

@@ -91,10 +91,7 @@ def _install_empty(model, config, metadata: dict, directory: Path) -> None:
         ranks = tuple(int(r) for r in entry["ranks"])
         layer = layers[index]
         if method == "tucker":
-            from tjdkit.factorize.tucker import (
-                FactorizedAttentionProjections,
-                attention_shape,
-            )
+            from tjdkit.factorize.tucker import FactorizedAttentionProjections, attention_shape
 
             attn = layer.self_attn
             shape = attention_shape(attn, config)

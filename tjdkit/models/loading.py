@@ -102,9 +102,9 @@ def load_model(
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
-def check_model_directory(directory: str | os.PathLike) -> None:
+def check_model_directory(directory: str | os.PathLike) -> dict:
     """Refuse, before transformers sees it, a directory that could run code when loaded (custom
-    modelling code through auto_map, pickled weights) or that holds no readable config."""
+    modelling code through auto_map, pickled weights) or that holds no readable config; returns the config."""
     import json
     from pathlib import Path
 
@@ -134,6 +134,7 @@ def check_model_directory(directory: str | os.PathLike) -> None:
                 "convert them to safetensors first"
             )
         raise TjdkitError(f"{directory} holds no model weights (no *.safetensors file)")
+    return config
 
 
 def _from_pretrained(source: str, torch_dtype, **kwargs):
