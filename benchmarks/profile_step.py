@@ -33,8 +33,8 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    from tjdkit.decoding import _new_cache, output_logits
-    from tjdkit.runs import load_run
+    from tjdkit.decoding import new_cache, output_logits
+    from tjdkit.training.runs import load_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head-dir", required=True)
@@ -54,7 +54,7 @@ def main() -> None:
     with torch.inference_mode():
         for n in (1, H):
             def body(n=n):
-                cache = _new_cache(model)
+                cache = new_cache(model)
                 model.base_model(input_ids=context, cache=cache, use_cache=True)
                 cache.activate_past_recording()
                 start = time.perf_counter()
@@ -72,7 +72,7 @@ def main() -> None:
         results["draft"] = median_seconds(lambda: head.draft(state, greedy=True, first=first), args.repeats)
 
         def crop():
-            cache = _new_cache(model)
+            cache = new_cache(model)
             model.base_model(input_ids=context, cache=cache, use_cache=True)
             cache.activate_past_recording()
             model.base_model(input_ids=torch.randint(0, vocab, (1, H)), cache=cache, use_cache=True)

@@ -361,7 +361,7 @@ def test_hyformer_init_from_another_kind_of_model(run_cli, tmp_path):
 def tiny_run(tmp_path_factory):
     from tjdkit.config import TrainRecipe
     from tjdkit.recipes import load_recipe
-    from tjdkit.train import train
+    from tjdkit.training.heads import train
 
     run = tmp_path_factory.mktemp("runs") / "run"
     train(load_recipe("tiny-stemp", TrainRecipe, ["train.max_steps=2", "data.train_size=8", "data.eval_size=4"]), run)

@@ -15,16 +15,16 @@ BENCH = ["bench", "--model", "tiny-llama", "--rank", "2", "--horizon", "3", "--p
 @pytest.fixture
 def small_bench_recipe(monkeypatch):
     """bench-<dataset> with the sizes cut down, so that training the head takes seconds."""
-    import tjdkit.bench
+    import tjdkit.bench.heads
 
-    original = tjdkit.bench.bench_recipe
+    original = tjdkit.bench.heads.bench_recipe
 
     def small(dataset, model, head, rank, horizon):
         recipe = original(dataset, model, head, rank, horizon)
         return load_recipe(f"bench-{dataset}", TrainRecipe, SMALL, {
             "model.name": recipe.model.name, "head.name": head, "head.rank": rank, "head.horizon": horizon})
 
-    monkeypatch.setattr(tjdkit.bench, "bench_recipe", small)
+    monkeypatch.setattr(tjdkit.bench.heads, "bench_recipe", small)
 
 
 def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_recipe):
@@ -56,7 +56,7 @@ def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_
 
 def test_interrupted_head_training_is_resumed_not_used(tmp_path, monkeypatch, small_bench_recipe):
     from tjdkit.bench import head_cache_dir, resolve_head_run
-    from tjdkit.runs import is_run
+    from tjdkit.training.runs import is_run
 
     monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
 
@@ -82,7 +82,7 @@ def test_a_partial_head_with_a_pickled_state_is_retrained_not_loaded(tmp_path, m
     import torch
 
     from tjdkit.bench import head_cache_dir, resolve_head_run
-    from tjdkit.runs import is_run
+    from tjdkit.training.runs import is_run
 
     class RunsCode:
         def __reduce__(self):
@@ -102,7 +102,7 @@ def test_a_partial_head_with_a_pickled_state_is_retrained_not_loaded(tmp_path, m
 
 
 def test_bench_with_a_given_run(run_cli, tmp_path):
-    from tjdkit.train import train
+    from tjdkit.training.heads import train
 
     run_dir = tmp_path / "run"
     train(load_recipe("tiny-stemp", TrainRecipe, ["data.train_size=16", "data.eval_size=4", "train.max_steps=2",

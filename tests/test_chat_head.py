@@ -10,7 +10,7 @@ SMALL = ["data.train_size=48", "data.eval_size=8", "train.max_steps=6", "head.ho
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from tjdkit.train import train
+    from tjdkit.training.heads import train
 
     directory = tmp_path_factory.mktemp("runs") / "tiny"
     train(load_recipe("tiny-stemp", TrainRecipe, SMALL), directory)
@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
 def test_verify_reply_equals_the_plain_models_reply(run_dir):
     """Greedy, with the chat recipe's repetition penalty: tjdkit's verify vs transformers' generate."""
     from tjdkit.chat import ChatSession
-    from tjdkit.runs import load_run
+    from tjdkit.training.runs import load_run
 
     run = load_run(run_dir)
     generation = GenerationSection(max_new_tokens=40, temperature=0.0, repetition_penalty=1.15)
@@ -56,3 +56,4 @@ def test_chat_head_user_errors(run_cli, run_dir, args, message):
     args = [arg.format(run=run_dir) for arg in args]
     code, out, err = run_cli("chat", *args, "--prompt", "Hi")
     assert code == 2 and message in err and "Traceback" not in err
+

@@ -6,7 +6,7 @@ import pytest
 
 from tjdkit.data import stemp_dataset, stemp_rows
 from tjdkit.data.stemp import fahrenheit, render_answer
-from tjdkit.evaluate import extract_answer, is_correct
+from tjdkit.evaluation import extract_answer, is_correct
 
 
 def test_stemp_rows_follow_the_seed_format():

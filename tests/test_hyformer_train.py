@@ -12,7 +12,8 @@ pytest.importorskip("rdkit")
 
 from tjdkit.config import HyformerTrainRecipe  # noqa: E402
 from tjdkit.recipes import load_recipe  # noqa: E402
-from tjdkit.train_hyformer import draw_task, mask_tokens, random_smiles, train_hyformer  # noqa: E402
+from tjdkit.models.hyformer.masking import mask_tokens  # noqa: E402
+from tjdkit.training.hyformer import draw_task, random_smiles, train_hyformer  # noqa: E402
 
 TINY = ["--set", "hyformer.d_model=32", "--set", "hyformer.n_layers=1", "--set", "hyformer.n_heads=2",
         "--set", "data.train_size=64", "--set", "data.eval_size=16", "--set", "data.eval_samples=8",
@@ -150,7 +151,7 @@ def test_eval_scores_generation_and_tpsa(run_cli, trained_run, tmp_path):
 
 def test_sampling_is_seeded_and_cached_generation_matches(trained_run):
     from tjdkit.models import load_model
-    from tjdkit.train_hyformer import sample_smiles
+    from tjdkit.evaluation.molecules import sample_smiles
 
     model, tokenizer = load_model(str(trained_run / "best"))
     assert sample_smiles(model, tokenizer, 6, seed=1) == sample_smiles(model, tokenizer, 6, seed=1)

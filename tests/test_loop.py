@@ -9,8 +9,8 @@ import torch.nn as nn
 from tjdkit.config import TrainSection
 from tjdkit.errors import TjdkitError
 from tjdkit.fileio import atomic_directory, load_state_tree, save_state_tree
-from tjdkit.loop import read_resume_state, run_loop
-from tjdkit.runs import LEGACY_TRAINER_STATE, TRAINER_STATE
+from tjdkit.training.loop import read_resume_state, run_loop
+from tjdkit.training.runs import LEGACY_TRAINER_STATE, TRAINER_STATE
 
 TIMING = ("tokens_per_second", "eta_seconds")
 

@@ -24,9 +24,9 @@ def test_tiny_stemp_trains_in_minutes_to_95_percent(run_cli, tmp_path):
 def test_stemp_cp_on_gemma_beats_an_untrained_head(run_cli, tmp_path):
     from tjdkit.config import DataSection
     from tjdkit.data.examples import load_examples
-    from tjdkit.evaluate import evaluate_nll
+    from tjdkit.evaluation import evaluate_nll
     from tjdkit.heads import build_head
-    from tjdkit.runs import load_run
+    from tjdkit.training.runs import load_run
 
     small = ["--set", "data.train_size=48", "--set", "data.eval_size=8", "--set", "train.epochs=1"]
     code, _, err = run_cli("train", "stemp-cp", "--out", str(tmp_path / "run"), *small)

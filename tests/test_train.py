@@ -8,12 +8,12 @@ import torch
 from tjdkit.config import TrainRecipe
 from tjdkit.data.examples import Example, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
-from tjdkit.evaluate import evaluate_nll
+from tjdkit.evaluation import evaluate_nll
 from tjdkit.heads import build_head
 from tjdkit.models import load_model
 from tjdkit.recipes import from_mapping
-from tjdkit.runs import load_run
-from tjdkit.train import _feature_batch, lr_factor, train
+from tjdkit.training.runs import load_run
+from tjdkit.training.heads import _feature_batch, lr_factor, train
 
 
 def recipe(**sections):

@@ -3,7 +3,7 @@
 import torch
 
 from tjdkit.models import load_model
-from tjdkit.windows import base_window_nll, last_hidden, make_windows
+from tjdkit.heads.windows import base_window_nll, last_hidden, make_windows
 
 
 def brute_force(ids, mask, horizon, first=None, every=1, offset=0):

@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file, the new file, or nothing, never half of one."""
+"""Files: atomic writes (a reader sees the old file, the new file, or nothing, never half of one),
+state trees without pickle, user-caused OS errors as one line, and whether the hub is reachable."""
 
 from __future__ import annotations
 
@@ -320,3 +321,20 @@ def _checked_key(key):
     if isinstance(key, (str, int)) and not isinstance(key, bool):
         return key
     raise ValueError(f"bad key in the state file: {key!r}")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds instead of retrying for ~30 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES
 from tjdkit.cli.common import (
     JsonOpt,
     check_outputs,
@@ -19,6 +20,7 @@ from tjdkit.cli.common import (
 )
 
 
+
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to benchmark (default: gemma3)."),
     head: str = typer.Option("cp", "--head", help="Joint head: cp, mps or multihead."),
@@ -28,8 +30,7 @@ def bench(
     split: str = typer.Option("test", "--split", help="Which prompts: test (stemp also: mild, hard)."),
     prompts: int = typer.Option(5, "--prompts", "-n", min=1, help="How many prompts."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
-    modes: str = typer.Option(",".join(("ar", "hf", "draft", "verify", "lookup")), "--modes",
-                              help="Comma-separated: ar, hf, draft, verify, lookup."),
+    modes: str = typer.Option(",".join(DEFAULT_MODES), "--modes", help=f"Comma-separated: {', '.join(BENCH_MODES)}."),
     head_dir: Optional[Path] = typer.Option(None, "--head-dir", help="Use this trained run instead of the cached head."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw tokens/s and acceptance to this PNG."),
     json_path: JsonOpt = None,
@@ -39,32 +40,27 @@ def bench(
     With no --head-dir, uses the cached head for (model, head, rank, horizon, dataset),
     training it once with the bench-<dataset> recipe when there is none.
     """
-    from tjdkit.bench import BENCH_MODES, NEEDS_HEAD
+    from tjdkit.bench.modes import NEEDS_HEAD
     from tjdkit.data.sources import dataset_splits
+    from tjdkit.data.splits import check_split
+    from tjdkit.decoding import parse_modes
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import builtin_recipe_dir
 
-    chosen = tuple(mode.strip() for mode in modes.split(",") if mode.strip())
-    unknown = [mode for mode in chosen if mode not in BENCH_MODES]
-    if unknown or not chosen:
-        raise TjdkitError(f"unknown bench mode '{','.join(unknown) or modes}' (use {', '.join(BENCH_MODES)})")
-    if len(set(chosen)) != len(chosen):
-        raise TjdkitError(f"--modes lists a mode twice: {modes}")
+    chosen = parse_modes(modes, BENCH_MODES, what="bench mode")
     benchable = sorted(path.stem.removeprefix("bench-") for path in builtin_recipe_dir().glob("bench-*.yaml"))
     if dataset not in benchable:  # the datasets bench has a head recipe for
         raise TjdkitError(f"no bench recipe for dataset {dataset!r}: bench runs on {' or '.join(benchable)} prompts")
-    if split not in dataset_splits(dataset):
-        raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
+    check_split(dataset, split, dataset_splits(dataset))
     if head not in ("cp", "mps", "multihead"):
         raise TjdkitError(f"bench needs a multi-token head: cp, mps or multihead, not {head!r}")
     check_outputs(json_path, plot)
 
     quiet_libraries()
-    console = stderr()
     needs_head = any(mode in NEEDS_HEAD for mode in chosen)
     run_dir, trained = None, False
     if needs_head:
-        run_dir, trained = _head_run(head_dir, model, head, rank, horizon, dataset, console)
+        run_dir, trained = _head_run(head_dir, model, head, rank, horizon, dataset)
         run = load_run_with_progress(run_dir, model)
         loaded, tokenizer, joint_head, model_name = run.model, run.tokenizer, run.head, run.info["model"]
     else:
@@ -75,34 +71,19 @@ def bench(
                     chosen, max_new_tokens, plot, json_path)
 
 
-def _head_run(head_dir, model, head, rank, horizon, dataset, console):
-    from tjdkit.bench import bench_recipe, head_cache_dir, resolve_head_run
-    from tjdkit.runs import checkpoint_dir, is_run
+def _head_run(head_dir, model, head, rank, horizon, dataset):
+    """-> (run dir, trained now): the run given with --head-dir, else the core's cached (or newly trained) head."""
+    from tjdkit.bench import resolve_head_run
+    from tjdkit.training.runs import checkpoint_dir
+    from tjdkit.ui.bench import head_run_display
 
     if head_dir is not None:
         checkpoint_dir(head_dir)  # one clear line when it is not a run
         return head_dir, False
     model_name = model or "gemma3"
-    cached = head_cache_dir(model_name, head, rank, horizon, dataset)
-    if is_run(cached):
-        console.print(f"[dim]using the cached {head} head {cached}[/]")
-        return cached, False
-    recipe = bench_recipe(dataset, model_name, head, rank, horizon)
-    from tjdkit.train import check_head
-    from tjdkit.ui.training import TrainDisplay
-
-    check_head(recipe)
-    from tjdkit.fileio import check_output_dir
-
-    check_output_dir(cached.with_name(cached.name + ".training"), force=True, what="the head cache")  # writable, before training
-    console.print(
-        f"[bold]No trained {head} head (rank {rank}, horizon {horizon}) for {model_name} on {dataset} yet:[/] "
-        f"training one with recipe bench-{dataset} (once; cached in {cached})"
-    )
-    loaded = load_model_with_progress(model_name)
-    with TrainDisplay(console) as display:
-        run_dir, trained = resolve_head_run(model_name, head, rank, horizon, dataset, loaded, display)
-    return run_dir, trained
+    with head_run_display(stderr()) as on_event:
+        return resolve_head_run(model_name, head, rank, horizon, dataset,
+                                loaded=lambda: load_model_with_progress(model_name), on_event=on_event)
 
 
 def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, modes,

@@ -109,26 +109,16 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def _stats_line(reply) -> str:
-    first = f" · first token {reply.first_token_seconds:.2f} s" if reply.first_token_seconds is not None else ""
-    stopped = " · stopped" if reply.interrupted else ""
-    decoding = ""
-    stats = reply.stats
-    if stats is not None and stats.mode == "verify":
-        by_position = " ".join(f"{rate:.2f}" for rate in stats.acceptance_by_position()) or "-"
-        decoding = f" · {stats.forwards} forwards · tau {stats.tau:.2f} · acceptance by position {by_position}"
-    elif stats is not None:
-        decoding = f" · {stats.forwards} forwards · {stats.tokens_per_forward:.2f} tokens/forward (draft, lossy)"
-    return f"[dim]{reply.tokens} tokens · {reply.tokens_per_second:.1f} tok/s{first}{decoding}{stopped}[/]"
-
-
 def _one_shot(session, prompt: str) -> None:
     """The answer goes to stdout alone, so it can be piped; the stats line goes to stderr."""
+    from tjdkit.ui.chat import reply_stats_line
+    from tjdkit.ui.tnot import tnot_trace
+
     reply = session.reply(prompt.strip(), on_text=_write)
     _write("\n")
-    stderr().print(_stats_line(reply))
+    stderr().print(reply_stats_line(reply))
     if reply.tnot is not None:
-        stderr().print(_tnot_trace(reply.tnot, session.tokenizer))
+        stderr().print(tnot_trace(reply.tnot, session.tokenizer))
     if reply.interrupted:
         raise typer.Exit(130)
 
@@ -137,6 +127,8 @@ def _repl(session, model_name: str) -> None:
     from rich.markup import escape
 
     from tjdkit.errors import TjdkitError
+    from tjdkit.ui.chat import reply_stats_line, tnot_settings_text
+    from tjdkit.ui.tnot import tnot_trace
 
     try:
         import readline  # noqa: F401 - line editing and history for input()
@@ -146,7 +138,7 @@ def _repl(session, model_name: str) -> None:
     help_line = f"{HELP_LINE}, {TNOT_HELP}" if session.tnot is not None else HELP_LINE
     console.print(f"[bold]tjdkit chat[/] · {model_name} · format {session.format} · [dim]{help_line}[/]")
     if session.tnot is not None:
-        console.print(f"[dim]TNOT: {_tnot_settings(session.tnot)}[/]")
+        console.print(f"[dim]TNOT: {tnot_settings_text(session.tnot)}[/]")
     show_trace = True
     if session.format == "raw":
         console.print("[dim]raw format: each line is continued as plain text, without history "
@@ -183,29 +175,7 @@ def _repl(session, model_name: str) -> None:
             console.print(f"[red]error:[/] {escape(str(exc))}")
             continue
         _write("\n")
-        console.print(_stats_line(reply))
+        console.print(reply_stats_line(reply))
         if reply.tnot is not None and show_trace:
-            console.print(_tnot_trace(reply.tnot, session.tokenizer))
+            console.print(tnot_trace(reply.tnot, session.tokenizer))
 
-
-def _tnot_settings(config) -> str:
-    trigger = (f"adaptive threshold (N={config.window}, K={config.k:g})" if config.adaptive
-               else f"entropy threshold {config.entropy_threshold:g}")
-    if not config.entropy_control:
-        trigger = "no entropy control"
-    return f"{config.steps} steps, lr {config.lr:g}, {trigger}, up to {config.max_retries} reflections"
-
-
-def _tnot_trace(result, tokenizer):
-    """The reply's entropy sparkline, where it reflected, and TNOT's numbers."""
-    from rich.console import Group
-    from rich.text import Text
-
-    from tjdkit.ui.tnot import reflection_line, sparkline, trace_summary
-
-    parts = [sparkline(result.records)]
-    reflections = reflection_line(result.records, lambda token: tokenizer.decode([token]))
-    if reflections:
-        parts.append(Text(reflections, style="magenta"))
-    parts.append(Text(trace_summary(result), style="dim"))
-    return Group(*parts)

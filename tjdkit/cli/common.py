@@ -136,7 +136,7 @@ def load_run_with_progress(run_dir, model_flag: Optional[str] = None, dtype: str
     before anything slow is loaded.
     """
     from tjdkit.errors import TjdkitError
-    from tjdkit.runs import checkpoint_dir, load_run, read_checkpoint
+    from tjdkit.training.runs import checkpoint_dir, load_run, read_checkpoint
     from tjdkit.ui.progress import stage_display
 
     info = read_checkpoint(checkpoint_dir(run_dir))

@@ -29,14 +29,14 @@ def evaluate(
     (--dataset smiles): validity, uniqueness and novelty of sampled molecules, TPSA RMSE and R²."""
     import math
 
-    from rich.table import Table
-
     from tjdkit.data.sources import dataset_splits
-    from tjdkit.decoding import HEAD_MODES, MODES
+    from tjdkit.data.splits import check_split
+    from tjdkit.decoding import HEAD_MODES, MODES, parse_modes
     from tjdkit.errors import TjdkitError
-    from tjdkit.evaluate import evaluate as run_evaluation
-    from tjdkit.evaluate_molecules import is_hyformer
-    from tjdkit.runs import checkpoint_dir, is_run, load_run, read_checkpoint
+    from tjdkit.evaluation import evaluate as run_evaluation
+    from tjdkit.training.runs import is_hyformer
+    from tjdkit.training.runs import checkpoint_dir, is_run, load_run, read_checkpoint
+    from tjdkit.ui.evaluation import head_eval_report
     from tjdkit.ui.progress import stage_bars
 
     check_outputs(json_path)
@@ -47,8 +47,7 @@ def evaluate(
             raise TjdkitError(f"{target} is a Hyformer: it reads SMILES (use --dataset smiles)")
         if modes is not None:
             raise TjdkitError("--modes applies to joint heads; a Hyformer is scored by sampling molecules and predicting TPSA")
-        if split not in dataset_splits(dataset):
-            raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
+        check_split(dataset, split, dataset_splits(dataset))
         return _evaluate_hyformer(target, split, limit, samples, temperature, seed, json_path)
     base_model = read_checkpoint(checkpoint_dir(target))["model"] if is_run(target) else target
     if dataset == "smiles" and not is_hyformer(base_model):  # SMILES text means something only to a Hyformer
@@ -58,12 +57,8 @@ def evaluate(
             "evaluate it on stemp, sharegpt or gsm8k"
         )
     limit = limit or 100
-    chosen = tuple(mode.strip() for mode in (",".join(MODES) if modes is None else modes).split(",") if mode.strip())
-    unknown = [mode for mode in chosen if mode not in MODES]
-    if unknown or not chosen:
-        raise TjdkitError(f"unknown mode '{','.join(unknown) or modes}' (use {', '.join(MODES)})")
-    if split not in dataset_splits(dataset):
-        raise TjdkitError(f"unknown split '{split}' for {dataset} (known: {', '.join(dataset_splits(dataset))})")
+    chosen = parse_modes(MODES if modes is None else modes, MODES, what="mode")
+    check_split(dataset, split, dataset_splits(dataset))
     quiet_libraries()
     head = None
     if is_run(target):
@@ -82,35 +77,18 @@ def evaluate(
         label = target
     with stage_bars(stderr(), suffix=" decoding") as on_progress:
         result = run_evaluation(model, tokenizer, head, dataset, limit, chosen, max_new_tokens, split, on_progress)
-
-    table = Table(title=f"eval {label} on {dataset}/{split} ({result['examples']} examples)")
-    for column in ("mode", "accuracy", "tokens/forward", "tau", "tokens/s"):
-        table.add_column(column, justify="right")
-    for mode, row in result["modes"].items():
-        accuracy = f"{row['accuracy']:.1%}" if row["accuracy"] is not None else "-"
-        tau = f"{row['tau']:.2f}" if "tau" in row else "-"
-        table.add_row(mode, accuracy, f"{row['tokens_per_forward']:.2f}", tau, f"{row['tokens_per_second']:.1f}")
-    console = stdout()
-    console.print(table)
-    nll = result["nll"]
-    head_part = f"head {nll['head']:.4f} · " if "head" in nll else ""
-    console.print(f"NLL per token: {head_part}base {nll['base']:.4f}")
-    if "acceptance" in result:
-        acc = result["acceptance"]
-        by_position = " ".join(f"{p:.2f}" for p in acc["by_position"])
-        console.print(
-            f"verify acceptance (greedy, along the model's own output): {acc['mean_accepted']:.2f} drafts accepted + 1 "
-            f"= tau {acc['tau']:.2f} tokens per verify forward; acceptance by draft position: {by_position}"
-        )
+    out = stdout()
+    for part in head_eval_report(result, label, dataset, split):
+        out.print(part)
     write_json(json_path, {"target": target, **result})
 
 
 def _evaluate_hyformer(target: str, split: str, limit: Optional[int], samples: int, temperature: float, seed: int,
                        json_path) -> None:
-    from rich.table import Table
-
     from tjdkit.data.smiles import require_rdkit
-    from tjdkit.evaluate_molecules import evaluate_smiles, hyformer_model_path
+    from tjdkit.evaluation.molecules import evaluate_smiles
+    from tjdkit.training.runs import hyformer_model_path
+    from tjdkit.ui.evaluation import hyformer_eval_report
     from tjdkit.ui.progress import stage_bars
 
     require_rdkit()
@@ -118,22 +96,6 @@ def _evaluate_hyformer(target: str, split: str, limit: Optional[int], samples: i
     with stage_bars(stderr()) as on_progress:
         result = evaluate_smiles(model, tokenizer, samples, temperature, seed=seed, split=split, limit=limit, on_progress=on_progress)
     out = stdout()
-    g = result["generation"]
-    table = Table(title=f"eval {target}: {g['total']} molecules sampled (temperature {temperature:g}, seed {seed})")
-    for column in ("valid", "unique (of valid)", "novel (of unique)"):
-        table.add_column(column, justify="right")
-    table.add_row(f"{g['validity']:.1%} ({g['valid']})", f"{g['uniqueness']:.1%} ({g['unique']})", f"{g['novelty']:.1%} ({g['novel']})")
-    out.print(table)
-    if g["examples"]:
-        out.print("novel molecules: " + "  ".join(g["examples"][:5]))
-    p = result["prediction"]
-    if p is not None:
-        table = Table(title=f"TPSA on the {split} split ({p['n']} molecules, Å²)")
-        for column in ("predictor", "RMSE", "MAE", "R²"):
-            table.add_column(column, justify="right" if column != "predictor" else "left")
-        table.add_row("Hyformer", f"{p['rmse']:.2f}", f"{p['mae']:.2f}", f"{p['r2']:.3f}")
-        table.add_row(f"training mean ({p['baseline']:.1f})", f"{p['baseline_rmse']:.2f}", f"{p['baseline_mae']:.2f}",
-                      f"{p['baseline_r2']:.3f}")
-        out.print(table)
-    out.print(f"NLL per token on {split}: LM {result['nll']['lm']:.4f} · MLM {result['nll']['mlm']:.4f}")
+    for part in hyformer_eval_report(result, target, split, temperature, seed):
+        out.print(part)
     write_json(json_path, {"target": target, **result})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import typer
-from rich.table import Table
 
 from tjdkit.cli.common import JsonOpt, check_outputs, quiet_libraries, stderr, stdout, write_json
 
@@ -18,23 +17,10 @@ def list_(json_path: JsonOpt = None) -> None:
     check_outputs(json_path)
     from tjdkit.models import cache_root
     from tjdkit.models.catalog import catalog
-    from tjdkit.ui.progress import human_bytes, human_count
+    from tjdkit.ui.catalog import models_table
 
     rows = catalog()
-    table = Table(title=f"models (cache: {cache_root()})")
-    for column in ("name", "aliases", "source", "params", "size", "cached"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        size = human_bytes(row.source_bytes) + " GGUF" if row.source_bytes else "-"
-        if row.cache_path:
-            cached = f"[green]yes[/] ({human_bytes(row.cache_bytes)})"
-        elif row.source_bytes:
-            cached = "[yellow]no[/] (`tjdkit models convert`)"
-        else:
-            cached = "-"
-        params = human_count(row.params) if row.params else "-"
-        table.add_row(row.name, ", ".join(row.aliases), row.source, params, size, cached)
-    stdout().print(table)
+    stdout().print(models_table(rows, cache_root()))
     write_json(json_path, [row.to_dict() for row in rows])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from tjdkit.cli.common import JsonOpt, check_outputs, stdout, write_json
 
@@ -17,14 +16,10 @@ def list_(json_path: JsonOpt = None) -> None:
     """List the shipped recipes and the command each one drives."""
     check_outputs(json_path)
     from tjdkit.recipes import list_recipes
+    from tjdkit.ui.catalog import recipes_table
 
     infos = list_recipes()
-    table = Table(title="recipes")
-    for column in ("name", "command", "description"):
-        table.add_column(column)
-    for info in infos:
-        table.add_row(info.name, info.command, info.description)
-    stdout().print(table)
+    stdout().print(recipes_table(infos))
     write_json(json_path, [{"name": i.name, "command": i.command, "description": i.description, "path": str(i.path)} for i in infos])
 
 

@@ -78,10 +78,9 @@ def tnot(
         raise TjdkitError("give a prompt (tjdkit tnot \"What is 3 C in F?\") or --dataset stemp|gsm8k")
     if not texts:
         from tjdkit.data.sources import dataset_splits
+        from tjdkit.data.splits import check_split
 
-        known = dataset_splits(config.prompts.dataset)
-        if config.prompts.split not in known:
-            raise TjdkitError(f"unknown split '{config.prompts.split}' for {config.prompts.dataset} (known: {', '.join(known)})")
+        check_split(config.prompts.dataset, config.prompts.split, dataset_splits(config.prompts.dataset))
 
     quiet_libraries()
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
@@ -89,40 +88,17 @@ def tnot(
 
 
 def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show, json_path) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from tjdkit.chat import stop_token_ids
+    from tjdkit.models.prompts import stop_token_ids
     from tjdkit.recipes import to_mapping
     from tjdkit.tnot.records import record_lines
     from tjdkit.tnot.run import prompt_items, run_prompts
-    from tjdkit.ui.tnot import compare_table, save_trace_plot, trace_summary
+    from tjdkit.ui.tnot import compare_table, save_trace_plot, tnot_progress
 
     items = prompt_items(tokenizer, texts, config.prompts, config.model.name)
     console, out = stderr(), stdout()
     source = f"{config.prompts.dataset}/{config.prompts.split}" if not texts else f"{len(items)} prompt(s)"
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                        console=console, transient=True, disable=not console.is_terminal)
-    task = progress.add_task(f"TNOT on {source}", total=len(items), status="")
-    counts = {"tokens": 0, "reflections": 0}
-
-    def on_token(index: int, record) -> None:
-        counts["tokens"] += 1
-        counts["reflections"] += record.reflected
-        progress.update(task, status=f"prompt {index + 1}: {counts['tokens']} tokens, {counts['reflections']} reflections")
-
     shown = len(items) if texts else show
-
-    def on_done(index: int, run) -> None:
-        counts.update(tokens=0, reflections=0)
-        progress.update(task, advance=1)
-        if index < shown:  # above the live progress display on a terminal, else straight to stdout
-            block = _trace_block(run, tokenizer)
-            (progress.console if console.is_terminal else out).print(block)
-        elif not console.is_terminal:  # logs get one line per prompt instead of the progress bar
-            console.print(f"[dim]prompt {index + 1}/{len(items)} · {trace_summary(run.tnot)}[/]")
-
-    with progress:
+    with tnot_progress(console, out, f"TNOT on {source}", len(items), shown, tokenizer) as (on_token, on_done):
         result = run_prompts(model, tokenizer, items, config.tnot, config.generation, compare=compare,
                              eos_token_ids=stop_token_ids(tokenizer, model), on_token=on_token, on_done=on_done)
     settings = config.tnot
@@ -140,28 +116,3 @@ def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show
         save_trace_plot([(run.item.label.strip(), run.tnot.records) for run in result.runs], plot, title)
         console.print(f"[dim]wrote {plot}[/]")
     write_json(json_path, {"model": config.model.name, "recipe": to_mapping(config), **result.to_dict()})
-
-
-def _trace_block(run, tokenizer):
-    """One prompt's trace: the prompt, its coloured response, the sparkline and the numbers."""
-    from rich.console import Group
-    from rich.text import Text
-
-    from tjdkit.tnot.records import token_pieces
-    from tjdkit.ui.tnot import entropy_text, reflection_line, sparkline, trace_summary
-
-    label = run.item.label.strip().replace("\n", " ⏎ ")
-    parts = [Text.assemble(("› ", "bold"), (label[:200], "bold"))]
-    parts.append(entropy_text(token_pieces(tokenizer, run.tnot.tokens), run.tnot.records))
-    parts.append(sparkline(run.tnot.records))
-    reflections = reflection_line(run.tnot.records, lambda token: tokenizer.decode([token]))
-    if reflections:
-        parts.append(Text(reflections, style="magenta"))
-    verdict = "" if run.correct is None else (" · correct" if run.correct else " · wrong")
-    parts.append(Text(trace_summary(run.tnot) + verdict, style="dim"))
-    if run.plain_tokens is not None:
-        same = "same as plain" if run.plain_tokens == run.tnot.tokens else "differs from plain"
-        plain_verdict = "" if run.plain_correct is None else (" (correct)" if run.plain_correct else " (wrong)")
-        parts.append(Text(f"{same}{plain_verdict}: {run.plain_text.strip()[:200]!r}", style="dim"))
-    parts.append(Text(""))
-    return Group(*parts)

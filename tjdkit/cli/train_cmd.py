@@ -32,8 +32,6 @@ def train(
     json_path: JsonOpt = None,
 ) -> None:
     """Train a joint head (or a Hyformer: recipe hyformer-smiles) from a recipe; writes checkpoints, metrics and the resolved recipe."""
-    from rich.table import Table
-
     from tjdkit.config import HyformerTrainRecipe, TrainRecipe, train_schema
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import find_recipe, load_recipe, read_recipe
@@ -53,17 +51,17 @@ def train(
     run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
     check_run_dir(run_dir, resume)
 
-    from tjdkit.loop import resume_dir
+    from tjdkit.training.loop import resume_dir
     from tjdkit.models import resolve_device
-    from tjdkit.train import check_head, check_resumable
-    from tjdkit.train import train as run_training
+    from tjdkit.training.heads import check_head, check_resumable
+    from tjdkit.training.heads import train as run_training
 
     check_head(config)
     check_outputs(json_path)
     resolve_device(config.model.device)  # a device name that cannot work fails before the model loads
     if resume:
         check_resumable(config, resume_dir(run_dir))
-    from tjdkit.ui.training import TrainDisplay, final_eval
+    from tjdkit.ui.training import TrainDisplay, final_eval, train_summary
 
     quiet_libraries()
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
@@ -75,18 +73,8 @@ def train(
     with TrainDisplay(console) as display:
         result = run_training(config, run_dir, loaded, tokenizer, resume=resume, on_event=display)
     last = final_eval(result.history)
-    table = Table(title=f"run {run_dir}")
-    for column in ("steps", "final loss", "head NLL/token", "base NLL/token", "tokens/s"):
-        table.add_column(column, justify="right")
     final = result.history[-1] if result.history else {}
-    table.add_row(
-        str(result.steps),
-        f"{final.get('loss', float('nan')):.4f}",
-        f"{result.eval_nll:.4f}" if result.eval_nll is not None else "-",
-        f"{last['base_eval_nll']:.4f}" if last else "-",
-        f"{final.get('tokens_per_second', 0):.0f}",
-    )
-    stdout().print(table)
+    stdout().print(train_summary(result, run_dir, last))
     write_json(json_path, {"run_dir": str(run_dir), "steps": result.steps, "resumed_from": result.resumed_from,
                            "eval_nll": result.eval_nll, "base_eval_nll": last["base_eval_nll"] if last else None,
                            "final": final})
@@ -96,7 +84,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Before anything slow: a new run needs a free, writable place; --resume needs a run there."""
     from tjdkit.errors import TjdkitError
     from tjdkit.fileio import check_output_dir
-    from tjdkit.runs import is_run
+    from tjdkit.training.runs import is_run
 
     if is_run(run_dir) and not resume:
         raise TjdkitError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
@@ -107,8 +95,6 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def _train_hyformer(recipe: str, out: Optional[Path], resume: bool, overrides: list[str], json_path: Optional[Path]) -> None:
-    from rich.table import Table
-
     from tjdkit.config import HyformerTrainRecipe
     from tjdkit.data.smiles import require_rdkit
     from tjdkit.recipes import find_recipe, load_recipe
@@ -116,13 +102,13 @@ def _train_hyformer(recipe: str, out: Optional[Path], resume: bool, overrides: l
     config = load_recipe(recipe, HyformerTrainRecipe, overrides)
     run_dir = out or Path(config.out or Path("runs") / find_recipe(recipe).stem)
     check_run_dir(run_dir, resume)
-    from tjdkit.train_hyformer import check_recipe, train_hyformer
+    from tjdkit.training.hyformer import check_recipe, train_hyformer
 
     check_recipe(config)
     check_outputs(json_path)
     require_rdkit()
     quiet_libraries()
-    from tjdkit.ui.training import TrainDisplay, final_eval
+    from tjdkit.ui.training import TrainDisplay, final_eval, hyformer_train_summary
 
     h, w = config.hyformer, config.tasks
     console = stderr()
@@ -134,20 +120,7 @@ def _train_hyformer(recipe: str, out: Optional[Path], resume: bool, overrides: l
         result = train_hyformer(config, run_dir, resume=resume, on_event=display)
     last = final_eval(result.history, "eval_loss") or result.last_eval
     final = result.history[-1] if result.history else {}
-    table = Table(title=f"run {run_dir} ({result.params:,} parameters, {result.train_molecules} training molecules)")
-    columns = ("steps", "final loss", "LM NLL/token", "MLM NLL/token", "TPSA RMSE (Å²)", "TPSA R²", "valid", "tokens/s")
-    for column in columns:
-        table.add_column(column, justify="right")
-
-    def cell(key: str, spec: str) -> str:
-        return format(last[key], spec) if last and key in last else "-"
-
-    table.add_row(
-        str(result.steps), f"{final.get('loss', float('nan')):.4f}", cell("eval_lm_nll", ".4f"), cell("eval_mlm_nll", ".4f"),
-        cell("eval_tpsa_rmse", ".2f"), cell("eval_tpsa_r2", ".3f"), cell("eval_validity", ".0%"),
-        f"{final.get('tokens_per_second', 0):.0f}",
-    )
-    stdout().print(table)
+    stdout().print(hyformer_train_summary(result, run_dir, last))
     stdout().print(f"[dim]scores on the eval split; `tjdkit eval {run_dir} --dataset smiles` samples molecules and scores the test split[/]")
     write_json(json_path, {"run_dir": str(run_dir), "kind": "hyformer", "steps": result.steps, "resumed_from": result.resumed_from,
                            "params": result.params, "train_molecules": result.train_molecules, "best_eval_loss": result.best,

@@ -1,4 +1,5 @@
-"""Datasets for training and evaluating heads, all available offline (gsm8k excepted)."""
+"""Datasets for training and evaluating heads, all offline but gsm8k: stemp, sharegpt, smiles,
+gsm8k rows and splits (`data.sources`), tokenised examples (`data.examples`)."""
 
 from tjdkit.data.stemp import stemp_dataset, stemp_rows
 

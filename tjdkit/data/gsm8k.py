@@ -10,6 +10,7 @@ import os
 import random
 from typing import Optional
 
+from tjdkit.data.splits import check_split
 from tjdkit.errors import TjdkitError
 
 HUB_NAME, CONFIG = "openai/gsm8k", "main"
@@ -34,7 +35,7 @@ def gsm8k_row(question: str, answer: str) -> dict:
 
 
 def _offline() -> bool:
-    from tjdkit.models.loading import hub_reachable
+    from tjdkit.fileio import hub_reachable
 
     if os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return True
@@ -43,8 +44,7 @@ def _offline() -> bool:
 
 def gsm8k_rows(split: str, size: Optional[int] = None, seed: int = 0) -> list[dict]:
     """Rows with prompt, answer, text and target; `seed` shuffles the split, then `size` truncates it."""
-    if split not in SPLITS:
-        raise TjdkitError(f"unknown gsm8k split '{split}' (known: {', '.join(SPLITS)})")
+    check_split("gsm8k", split, SPLITS)
     if size is not None and size < 0:
         raise TjdkitError(f"size must be >= 0, got {size}")
     message = OFFLINE.format(name=HUB_NAME)

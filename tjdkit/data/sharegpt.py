@@ -27,6 +27,7 @@ import random
 import re
 from typing import Iterator, Optional
 
+from tjdkit.data.splits import check_split
 from tjdkit.errors import TjdkitError
 
 SPLITS = ("train", "eval", "test")
@@ -170,7 +171,7 @@ def render_row(messages: list[dict], tokenizer=None) -> Optional[dict]:
 
         extra = {}
         if not getattr(tokenizer, "chat_template", None):
-            from tjdkit.models.tiny import GEMMA_CHAT_TEMPLATE
+            from tjdkit.data.chat_template import GEMMA_CHAT_TEMPLATE
 
             extra["chat_template"] = GEMMA_CHAT_TEMPLATE
         try:
@@ -193,8 +194,7 @@ def sharegpt_rows(split: str, size: Optional[int] = None, seed: int = 0, tokeniz
     `size` takes the first `size` usable conversations of the split in file order (so a
     small size reads only the start of the file); `seed` then shuffles their order.
     """
-    if split not in SPLITS:
-        raise TjdkitError(f"unknown sharegpt split '{split}' (known: {', '.join(SPLITS)})")
+    check_split("sharegpt", split, SPLITS)
     if size is not None and size < 0:
         raise TjdkitError(f"size must be >= 0, got {size}")
     _open_data().close()  # the missing-package error even when the held-out set is cached

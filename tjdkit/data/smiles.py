@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from tjdkit.data.splits import check_split
 from tjdkit.errors import TjdkitError
 
 SPLITS = ("train", "eval", "test")
@@ -91,8 +92,7 @@ def _splits() -> dict[str, tuple[Molecule, ...]]:
 
 def smiles_split(split: str, size: Optional[int] = None, seed: int = 0) -> list[Molecule]:
     """The split's molecules, or a seeded sample of `size` of them (kept in the split's order)."""
-    if split not in SPLITS:
-        raise TjdkitError(f"unknown split '{split}' for smiles (known: {', '.join(SPLITS)})")
+    check_split("smiles", split, SPLITS)
     if size is not None and size < 0:
         raise TjdkitError(f"size must be >= 0, got {size}")
     molecules = _splits()[split]

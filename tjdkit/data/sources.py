@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
+from tjdkit.data.splits import check_split
 from tjdkit.errors import TjdkitError
 
 DATASETS = ("stemp", "sharegpt", "gsm8k", "smiles")
@@ -23,9 +24,7 @@ def dataset_splits(name: str) -> tuple[str, ...]:
 
 def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None) -> list[dict]:
     """Rows of one split; `tokenizer` renders chat data with its template (the others ignore it)."""
-    splits = dataset_splits(name)
-    if split not in splits:
-        raise TjdkitError(f"unknown split '{split}' for {name} (known: {', '.join(splits)})")
+    check_split(name, split, dataset_splits(name))
     if size is not None and size < 0:
         raise TjdkitError(f"size must be >= 0, got {size}")
     if name == "stemp":

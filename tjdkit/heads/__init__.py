@@ -1,4 +1,5 @@
-"""Joint multi-token heads: p(y_1..y_H | h) for the H tokens after a hidden state.
+"""Joint multi-token heads: p(y_1..y_H | h) for the H tokens after a hidden state, and the
+training windows (hidden state at t, the H tokens after it) they learn from (`heads.windows`).
 
     from tjdkit.heads import build_head
     head = build_head("cp", hidden_size=D, vocab_size=V, rank=R, horizon=H)

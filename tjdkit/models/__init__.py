@@ -1,4 +1,5 @@
-"""Backbones: the registry of names, the GGUF conversion cache and `load_model`."""
+"""Backbones: the registry of names, the GGUF conversion cache and `load_model`, tiny presets,
+prompt formats (`models.prompts`) and Hyformer."""
 
 from tjdkit.models.cache import cache_root, cached_entries, ensure_converted
 from tjdkit.models.loading import load_model, resolve_device, resolve_dtype
@@ -17,3 +18,4 @@ __all__ = [
     "resolve_dtype",
     "resolve_model",
 ]
+

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import os
-import socket
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import urlparse
 
 from tjdkit.errors import TjdkitError
+from tjdkit.fileio import hub_reachable
 from tjdkit.models.cache import ensure_converted
 from tjdkit.models.registry import ResolvedModel, resolve_model
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class DirectoryFormat:
+    """A kind of model directory that transformers' from_pretrained cannot build by itself (such as
+    factorised attention): `claims(directory)` tells one apart, `load(directory, torch_dtype)` builds it."""
+
+    name: str
+    claims: Callable[[str], bool]
+    load: Callable[[str, Any], tuple]
+
+
+# Filled by the packages that write such directories (tjdkit/__init__ wires in factorize's), so
+# the model loader never imports the code that produces them.
+DIRECTORY_FORMATS: list[DirectoryFormat] = []
+
+
+def register_directory_format(directory_format: DirectoryFormat) -> None:
+    if all(known.name != directory_format.name for known in DIRECTORY_FORMATS):
+        DIRECTORY_FORMATS.append(directory_format)
 
 
 def resolve_device(device: str = "auto") -> "Any":
@@ -79,12 +99,11 @@ def load_model(
     elif resolved.kind == "directory":
         from safetensors import SafetensorError
 
-        from tjdkit.factorize.saving import load_factorized, needs_rebuild
-
         check_model_directory(resolved.target)
         try:
-            if needs_rebuild(resolved.target):  # factorised attention: modules from_pretrained cannot build
-                model, tokenizer = load_factorized(resolved.target, torch_dtype)
+            special = next((known for known in DIRECTORY_FORMATS if known.claims(resolved.target)), None)
+            if special is not None:  # e.g. factorised attention: modules from_pretrained cannot build
+                model, tokenizer = special.load(resolved.target, torch_dtype)
             else:
                 model, tokenizer = _from_pretrained(resolved.target, torch_dtype)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
@@ -162,17 +181,3 @@ def _from_hub(resolved: ResolvedModel, torch_dtype):
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TjdkitError(f"cannot load '{resolved.requested}' from the Hugging Face hub: {first_line}") from None
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """One quick TCP connect, so an offline machine fails in seconds instead of retrying for ~30 s."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -9,21 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from tjdkit.data.chat_template import GEMMA_CHAT_TEMPLATE
 from tjdkit.data.stemp import render_answer, render_prompt
-
-# Gemma's turn format, used by the tiny Gemma/Llama tokenizers and as the chat fallback.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% set sys = '' %}"
-    "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set sys = messages[0]['content'] + '\n\n' %}{% set messages = messages[1:] %}"
-    "{% endif %}"
-    "{% for m in messages %}"
-    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<start_of_turn>{{ role }}\n{{ (sys if loop.first else '') + m['content'] | trim }}<end_of_turn>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
 
 _ENGLISH = """\
 The capital of France is Paris. The quick brown fox jumps over the lazy dog.

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from tjdkit.decoding.forward import apply_soft_cap
 from tjdkit.tnot.config import TnotConfig
 from tjdkit.tnot.trigger import entropy
 
@@ -24,10 +25,6 @@ class DeltaFit:
     shift: Tensor  # [V] float32: W @ delta, what the delta adds to every row of logits
     losses: list[float] = field(default_factory=list)  # the loss before each step, then after the last
     cross_entropy: list[float] = field(default_factory=list)  # its CE part at the same points
-
-
-def _cap(logits: Tensor, cap: Optional[float]) -> Tensor:
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _usable(tensor: Tensor) -> Tensor:
@@ -62,10 +59,10 @@ def fit_delta(
         optimizer = torch.optim.AdamW([delta], lr=config.lr, weight_decay=config.weight_decay, eps=config.eps)
 
         def loss_terms(shift: Tensor) -> tuple[Tensor, Tensor]:
-            ce = torch.nn.functional.cross_entropy(_cap(base + shift, cap), targets) if targets.numel() else shift.new_zeros(())
+            ce = torch.nn.functional.cross_entropy(apply_soft_cap(base + shift, cap), targets) if targets.numel() else shift.new_zeros(())
             if focus is None:
                 return ce, ce
-            return (1 - w) * ce + w * entropy(_cap(focus + shift, cap), temperature), ce
+            return (1 - w) * ce + w * entropy(apply_soft_cap(focus + shift, cap), temperature), ce
 
         fit = DeltaFit(delta, delta)
         for _ in range(config.steps):

@@ -23,10 +23,10 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding import Sampling, _new_cache, fit_to_context, raw_logits
+from tjdkit.decoding import Sampling, apply_soft_cap, fit_to_context, new_cache, raw_logits, soft_cap_value
 from tjdkit.errors import TjdkitError
 from tjdkit.tnot.config import TnotConfig
-from tjdkit.tnot.delta import _cap, fit_delta
+from tjdkit.tnot.delta import fit_delta
 from tjdkit.tnot.trigger import EntropyMonitor, entropy
 
 
@@ -161,7 +161,7 @@ def tnot_generate(
     ids, mask = input_ids.to(device), mask.to(device)
     started = time.perf_counter()
     weight = model.get_output_embeddings().weight  # [V, D]
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    cap = soft_cap_value(model)
     temperature = sampling.temperature or 1.0
     padded = not bool(mask.all())
     keep_rows = config.optimize_prompt and config.steps > 0
@@ -173,7 +173,7 @@ def tnot_generate(
             extra = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]}
         return model.base_model(input_ids=feed, cache=cache, use_cache=True, **extra).last_hidden_state
 
-    cache = _new_cache(model)
+    cache = new_cache(model)
     hidden = forward(ids)  # [B, T, D]
     forwards = 1
     samples = [_Sample(ids[b][mask[b].bool()].tolist(), config) for b in range(ids.shape[0])]
@@ -238,7 +238,7 @@ def _prompt_stage(model, sample: _Sample, rows: Tensor, weight, config: TnotConf
 
 def _choose(model, sample: _Sample, row: Tensor, weight, config, cap, temperature, sampling, generator, eos) -> TokenRecord:
     """The next token: judged by its entropy, reflected on or ended when the trigger fires."""
-    logits = _cap(row + sample.shift if sample.shift is not None else row, cap)  # [V]
+    logits = apply_soft_cap(row + sample.shift if sample.shift is not None else row, cap)  # [V]
     value = float(entropy(logits, temperature))
     record = TokenRecord(position=len(sample.out), token=-1, entropy=value, threshold=None)
     if config.entropy_control:
@@ -269,4 +269,4 @@ def _reflect(sample: _Sample, row: Tensor, weight, config: TnotConfig, cap, temp
     fit = fit_delta(weight, base, targets, config, focus=row, temperature=temperature, cap=cap)
     sample.result.reflections += 1
     sample.result.reflection_seconds += time.perf_counter() - start
-    return _cap(row + fit.shift, cap)
+    return apply_soft_cap(row + fit.shift, cap)

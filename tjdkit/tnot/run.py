@@ -15,7 +15,7 @@ import torch
 from tjdkit.config import GenerationSection, PromptsSection
 from tjdkit.decoding import Sampling, generate
 from tjdkit.errors import TjdkitError
-from tjdkit.evaluate import is_correct
+from tjdkit.evaluation.answers import is_correct
 from tjdkit.tnot.config import TnotConfig
 from tjdkit.tnot.generate import TnotResult, TokenRecord, tnot_generate
 
@@ -97,7 +97,7 @@ def _row(mode: str, tokens: list[int], seconds: float, correct: list[Optional[bo
 def prompt_items(tokenizer, texts: list[str], prompts: PromptsSection, model_name: Optional[str] = None) -> list[PromptItem]:
     """Typed prompts wrapped as `prompts.format` says (as chat would), or the dataset's prompts."""
     if texts:
-        from tjdkit.chat import render_prompt, resolve_format
+        from tjdkit.models.prompts import render_prompt, resolve_format
 
         chat_format = resolve_format(prompts.format, tokenizer, model_name)
         items = []

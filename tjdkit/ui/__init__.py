@@ -1,1 +1,2 @@
-"""Rich renderers for the CLI. The core never imports this package."""
+"""What the CLI shows: every rich table, progress display and entropy trace, and the matplotlib
+figures. The core never imports this package; the CLI hands it results."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Callable, Iterator
 
+from rich.console import Console
 from rich.table import Table
 
 MODE_NOTES = {
@@ -58,6 +61,35 @@ def parity_lines(result: dict) -> list[str]:
                 f"ar {diff['ar']!r} vs {mode} {diff[mode]!r}"
             )
     return lines
+
+
+@contextlib.contextmanager
+def head_run_display(console: Console) -> Iterator[Callable[[dict], None]]:
+    """Yields resolve_head_run's `on_event`: says which cached head bench uses, or that it trains one
+    now, then shows training. The training bars start at the first training event, once the model has
+    loaded, so they never overlap the loading spinner."""
+    from tjdkit.ui.training import TrainDisplay
+
+    with contextlib.ExitStack() as stack:
+        display = None
+
+        def on_event(event: dict) -> None:
+            nonlocal display
+            kind = event["kind"]
+            if kind == "head_cached":
+                console.print(f"[dim]using the cached {event['head']} head {event['dir']}[/]")
+            elif kind == "head_training":
+                console.print(
+                    f"[bold]No trained {event['head']} head (rank {event['rank']}, horizon {event['horizon']}) for "
+                    f"{event['model']} on {event['dataset']} yet:[/] training one with recipe bench-{event['dataset']} "
+                    f"(once; cached in {event['dir']})"
+                )
+            else:
+                if display is None:
+                    display = stack.enter_context(TrainDisplay(console))
+                display(event)
+
+        yield on_event
 
 
 def save_plot(result: dict, path: Path, title: str) -> None:

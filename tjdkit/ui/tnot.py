@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -106,6 +109,61 @@ def reflection_line(records, decode) -> Optional[str]:
         elif r.forced_eos:
             notes.append(f"⏹ {r.position}: ended instead of {decode(r.before)!r}")
     return " · ".join(notes) if notes else None
+
+
+def tnot_trace(result, tokenizer, run=None) -> Group:
+    """One TNOT trace, the same in `tnot` and `chat --tnot`: the entropy sparkline, where it reflected,
+    and TNOT's numbers. Given the prompt's `run` (`tjdkit tnot`), also the prompt and its entropy-coloured
+    response above them, the verdict, how the response compares with plain decoding, and a blank line."""
+    parts = []
+    if run is not None:
+        from tjdkit.tnot.records import token_pieces
+
+        label = run.item.label.strip().replace("\n", " ⏎ ")
+        parts.append(Text.assemble(("› ", "bold"), (label[:200], "bold")))
+        parts.append(entropy_text(token_pieces(tokenizer, result.tokens), result.records))
+    parts.append(sparkline(result.records))
+    reflections = reflection_line(result.records, lambda token: tokenizer.decode([token]))
+    if reflections:
+        parts.append(Text(reflections, style="magenta"))
+    verdict = "" if run is None or run.correct is None else (" · correct" if run.correct else " · wrong")
+    parts.append(Text(trace_summary(result) + verdict, style="dim"))
+    if run is not None:
+        if run.plain_tokens is not None:
+            same = "same as plain" if run.plain_tokens == result.tokens else "differs from plain"
+            plain_verdict = "" if run.plain_correct is None else (" (correct)" if run.plain_correct else " (wrong)")
+            parts.append(Text(f"{same}{plain_verdict}: {run.plain_text.strip()[:200]!r}", style="dim"))
+        parts.append(Text(""))
+    return Group(*parts)
+
+
+@contextlib.contextmanager
+def tnot_progress(console: Console, out: Console, title: str, total: int, shown: int,
+                  tokenizer) -> Iterator[tuple[Callable[[int, object], None], Callable[[int, object], None]]]:
+    """A live bar over run_prompts; yields its (on_token, on_done). The first `shown` prompts' traces
+    print above the bar on a terminal, else to `out`; off a terminal the others get one line each."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    task = progress.add_task(title, total=total, status="")
+    counts = {"tokens": 0, "reflections": 0}
+
+    def on_token(index: int, record) -> None:
+        counts["tokens"] += 1
+        counts["reflections"] += record.reflected
+        progress.update(task, status=f"prompt {index + 1}: {counts['tokens']} tokens, {counts['reflections']} reflections")
+
+    def on_done(index: int, run) -> None:
+        counts.update(tokens=0, reflections=0)
+        progress.update(task, advance=1)
+        if index < shown:  # above the live progress display on a terminal, else straight to stdout
+            block = tnot_trace(run.tnot, tokenizer, run)
+            (progress.console if console.is_terminal else out).print(block)
+        elif not console.is_terminal:  # logs get one line per prompt instead of the progress bar
+            console.print(f"[dim]prompt {index + 1}/{total} · {trace_summary(run.tnot)}[/]")
+
+    with progress:
+        yield on_token, on_done
 
 
 def _or_dash(value, form: str) -> str:

@@ -6,6 +6,7 @@ from typing import Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 STAGES = {"features": "backbone features", "distill": "self-distilling", "step": "training"}
 
@@ -79,3 +80,39 @@ def hyformer_eval_text(record: dict) -> str:
 def final_eval(history: list[dict], key: str = "eval_nll") -> Optional[dict]:
     evaluated = [record for record in history if key in record]
     return evaluated[-1] if evaluated else None
+
+
+def train_summary(result, run_dir, last: Optional[dict]) -> Table:
+    """A joint-head run in one row: steps, final loss, the head's and (from `last`, its final evaluation)
+    the base model's eval NLL, speed."""
+    table = Table(title=f"run {run_dir}")
+    for column in ("steps", "final loss", "head NLL/token", "base NLL/token", "tokens/s"):
+        table.add_column(column, justify="right")
+    final = result.history[-1] if result.history else {}
+    table.add_row(
+        str(result.steps),
+        f"{final.get('loss', float('nan')):.4f}",
+        f"{result.eval_nll:.4f}" if result.eval_nll is not None else "-",
+        f"{last['base_eval_nll']:.4f}" if last else "-",
+        f"{final.get('tokens_per_second', 0):.0f}",
+    )
+    return table
+
+
+def hyformer_train_summary(result, run_dir, last: Optional[dict]) -> Table:
+    """A Hyformer run in one row: losses, TPSA fit and validity from `last` (its final evaluation)."""
+    final = result.history[-1] if result.history else {}
+    table = Table(title=f"run {run_dir} ({result.params:,} parameters, {result.train_molecules} training molecules)")
+    columns = ("steps", "final loss", "LM NLL/token", "MLM NLL/token", "TPSA RMSE (Å²)", "TPSA R²", "valid", "tokens/s")
+    for column in columns:
+        table.add_column(column, justify="right")
+
+    def cell(key: str, spec: str) -> str:
+        return format(last[key], spec) if last and key in last else "-"
+
+    table.add_row(
+        str(result.steps), f"{final.get('loss', float('nan')):.4f}", cell("eval_lm_nll", ".4f"), cell("eval_mlm_nll", ".4f"),
+        cell("eval_tpsa_rmse", ".2f"), cell("eval_tpsa_r2", ".3f"), cell("eval_validity", ".0%"),
+        f"{final.get('tokens_per_second', 0):.0f}",
+    )
+    return table

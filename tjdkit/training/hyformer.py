@@ -1,4 +1,4 @@
-"""Hyformer trained from scratch on SMILES, as a tjdkit.loop Job: `tjdkit train hyformer-smiles`.
+"""Hyformer trained from scratch on SMILES, as a tjdkit.training.loop Job: `tjdkit train hyformer-smiles`.
 
 Each batch draws one task by the recipe's weights: `lm` (next token, causal), `mlm`
 (masked tokens, bidirectional) or `prediction` (TPSA, bidirectional, pooled). The task
@@ -20,44 +20,19 @@ import torch
 from tjdkit.config import HyformerTrainRecipe
 from tjdkit.data.smiles import Molecule
 from tjdkit.errors import TjdkitError
+from tjdkit.evaluation.molecules import held_out_scores, sample_smiles
 from tjdkit.fileio import atomic_directory, save_state_tree
-from tjdkit.loop import EventCallback, read_resume_state, run_loop
+from tjdkit.models.hyformer.masking import mask_tokens, regular_ids
+from tjdkit.training.loop import EventCallback, read_resume_state, run_loop
 from tjdkit.recipes import dump_recipe
-from tjdkit.runs import CHECKPOINT, TRAINER_STATE
+from tjdkit.training.runs import CHECKPOINT, TRAINER_STATE
 
 KIND = "hyformer"
-EVAL_BATCH = 128
 
 
 def draw_task(seed: int, step: int, weights: dict[str, float]) -> str:
     tasks = [task for task, weight in weights.items() if weight > 0]
     return random.Random(seed * 104_729 + step).choices(tasks, [weights[task] for task in tasks])[0]
-
-
-def mask_tokens(
-    ids: torch.Tensor,  # [B, T], the task token first
-    mask: torch.Tensor,  # [B, T]
-    fraction: float,
-    mask_id: int,
-    random_ids: torch.Tensor,  # [R] ids a masked token may be replaced with
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's corruption -> (inputs, labels): `fraction` of the real tokens after the task token
-    are chosen (at least one per row); of those 80% become <mask>, 10% a random token, 10%
-    stay. Labels hold the original ids there and -100 elsewhere."""
-    candidates = mask.bool().clone()
-    candidates[:, 0] = False
-    scores = torch.rand(ids.shape, generator=generator)
-    chosen = candidates & (scores < fraction)
-    forced = scores.masked_fill(~candidates, 2.0).argmin(dim=1)  # each row's lowest-scored candidate
-    chosen[torch.arange(ids.shape[0]), forced] |= candidates[torch.arange(ids.shape[0]), forced]
-    how = torch.rand(ids.shape, generator=generator)
-    inputs = ids.clone()
-    inputs[chosen & (how < 0.8)] = mask_id
-    swap = chosen & (how >= 0.8) & (how < 0.9)
-    picks = torch.randint(len(random_ids), (int(swap.sum()),), generator=generator)
-    inputs[swap] = random_ids[picks]
-    return inputs, ids.masked_fill(~chosen, -100)
 
 
 def random_smiles(smiles: str, seed: int) -> str:
@@ -179,53 +154,6 @@ def load_init(path: str):
 # -- evaluation -----------------------------------------------------------------------------
 
 
-@dataclass
-class HeldOut:
-    losses: dict[str, float]  # lm, mlm: nats per token; prediction: MSE of the standardised targets
-    predictions: list[float]  # TPSA in Å², one per molecule
-
-
-@torch.no_grad()
-def held_out_scores(model, tokenizer, molecules: list[Molecule], mask_fraction: float) -> HeldOut:
-    """Every task's loss on `molecules` (the same MLM masks at every call) and the TPSA predictions,
-    through the model's own losses, weighted by what each batch counts."""
-    from tjdkit.models.hyformer.tokenizer import encode_smiles
-
-    device = next(model.parameters()).device
-    max_len = model.config.max_seq_len
-    generator = torch.Generator().manual_seed(0)
-    regular = _regular_ids(tokenizer)
-    sums = {"lm": 0.0, "mlm": 0.0, "prediction": 0.0}
-    counts = {"lm": 0, "mlm": 0, "prediction": 0}
-    predictions: list[float] = []
-    for start in range(0, len(molecules), EVAL_BATCH):
-        chunk = molecules[start : start + EVAL_BATCH]
-        smiles = [m.smiles for m in chunk]
-
-        ids, mask = (t.to(device) for t in encode_smiles(tokenizer, smiles, "lm", max_len))
-        counted = int(mask[:, 1:].sum())  # every real token after the task token is predicted
-        out = model(ids, task="lm", attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
-        sums["lm"] += out.loss.item() * counted
-        counts["lm"] += counted
-
-        ids, mask = encode_smiles(tokenizer, smiles, "mlm", max_len)
-        inputs, labels = mask_tokens(ids, mask, mask_fraction, tokenizer.mask_token_id, regular, generator)
-        counted = int((labels != -100).sum())
-        out = model(inputs.to(device), task="mlm", attention_mask=mask.to(device), labels=labels.to(device))
-        sums["mlm"] += out.loss.item() * counted
-        counts["mlm"] += counted
-
-        if model.prediction_head is not None:
-            ids, mask = (t.to(device) for t in encode_smiles(tokenizer, smiles, "prediction", max_len))
-            targets = torch.tensor([[m.tpsa] for m in chunk], device=device)
-            out = model(ids, task="prediction", attention_mask=mask, labels=targets)
-            sums["prediction"] += out.loss.item() * len(chunk)
-            counts["prediction"] += len(chunk)
-            predictions += out.extras["predictions"][:, 0].tolist()
-    losses = {task: sums[task] / counts[task] for task in sums if counts[task]}
-    return HeldOut(losses, predictions)
-
-
 def evaluate_tasks(model, tokenizer, molecules: list[Molecule], weights: dict[str, float], mask_fraction: float,
                    training_smiles: Optional[list[str]] = None, samples: int = 128) -> dict[str, float]:
     """What training reports at each evaluation: task losses, TPSA RMSE and R^2 in Å², and (with
@@ -249,31 +177,6 @@ def evaluate_tasks(model, tokenizer, molecules: list[Molecule], weights: dict[st
     return result
 
 
-def _regular_ids(tokenizer) -> torch.Tensor:
-    """Ids a masked token may be swapped for: everything but the special tokens."""
-    special = set(tokenizer.all_special_ids)
-    return torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
-
-
-def sample_smiles(model, tokenizer, count: int, seed: int = 0, temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None, batch_size: int = 256, on_progress=None) -> list[str]:
-    """`count` molecules sampled from the `lm` task token, as SMILES strings (unchecked)."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    out: list[str] = []
-    for index, start in enumerate(range(0, count, batch_size)):
-        rows = min(batch_size, count - start)
-        prefix = torch.full((rows, 1), tokenizer.bos_token_id, dtype=torch.long, device=device)
-        generated = model.generate(prefix, max_new_tokens=model.config.max_seq_len - 1, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, eos=eos, seed=seed * 1_000_003 + index)
-        for row in generated[:, 1:].tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            out.append(tokenizer.decode(row, skip_special_tokens=True))
-        if on_progress:
-            on_progress(len(out), count)
-    return out
-
-
 # -- the job --------------------------------------------------------------------------------
 
 
@@ -286,7 +189,7 @@ class HyformerJob:
         self.recipe, self.module, self.data = recipe, model, data
         self.size = len(data.train)
         self.weights = {"lm": recipe.tasks.lm, "mlm": recipe.tasks.mlm, "prediction": recipe.tasks.prediction}
-        self.regular = _regular_ids(data.tokenizer)
+        self.regular = regular_ids(data.tokenizer)
         self.training_smiles = [m.smiles for m in data.train]
         self.info = {"kind": KIND, "model": "hyformer", "dataset": "smiles", "tasks": self.weights,
                      "params": model.get_num_params(), "train_molecules": self.size}

@@ -23,7 +23,7 @@ import torch
 from tjdkit.config import TrainSection
 from tjdkit.errors import TjdkitError
 from tjdkit.fileio import atomic_write_text, load_state_tree, remove_stale_temp_dirs, user_errors
-from tjdkit.runs import LEGACY_TRAINER_STATE, TRAINER_STATE, has_trainer_state
+from tjdkit.training.runs import LEGACY_TRAINER_STATE, TRAINER_STATE, has_trainer_state
 
 EventCallback = Optional[Callable[[dict], None]]
 

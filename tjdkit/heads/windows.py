@@ -61,3 +61,11 @@ def base_window_nll(logits: torch.Tensor, windows: Windows) -> torch.Tensor:
     step_logits = logits[windows.batch[:, None], windows.position[:, None] + steps]  # [N, H, V]
     log_probs = torch.log_softmax(step_logits.float(), dim=-1)
     return -log_probs.gather(-1, windows.targets[..., None]).squeeze(-1).sum(dim=1)
+
+
+def window_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean -log p(window) / H over windows whose targets the head can represent."""
+    keep = head.in_vocab(targets).all(dim=1)
+    if not keep.any():
+        return hidden.sum() * 0.0
+    return -head.log_prob(hidden[keep], targets[keep]).mean() / targets.shape[1]

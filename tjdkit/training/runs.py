@@ -171,3 +171,27 @@ def load_run(run_dir: str | Path, which: str = "best", dtype: str = "auto", devi
     model = apply_backbone(model, directory, info).eval()
     head = load_head(directory, model.device)
     return LoadedRun(model, tokenizer, head, info, directory)
+
+
+def is_hyformer(target: str) -> bool:
+    """A Hyformer run directory, a saved Hyformer or the tiny-hyformer preset."""
+    if target == "tiny-hyformer":
+        return True
+    path = Path(target).expanduser()
+    if is_run(path):
+        return _json_field(checkpoint_dir(path) / CHECKPOINT, "kind") == "hyformer"
+    return _json_field(path / "config.json", "model_type") == "hyformer"
+
+
+def _json_field(path: Path, key: str):
+    """One field of a JSON file, or None when the file is missing or not JSON (the caller's loader reports that)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def hyformer_model_path(target: str) -> str:
+    """What load_model takes: a run's best (else last) checkpoint directory, or the target itself."""
+    return str(checkpoint_dir(target)) if is_run(target) else target

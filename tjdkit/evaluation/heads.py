@@ -1,29 +1,10 @@
-"""Scoring generated answers: the number after `####`, compared numerically."""
+"""A joint head on its model: accuracy per decoding mode, per-token NLL (head vs base), verify acceptance."""
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Callable, Optional
 
-_ANSWER = re.compile(r"####\s*([-+]?\$?\s*[\d,]*\.?\d+(?:[eE][-+]?\d+)?)")
-
-
-def extract_answer(text: str) -> Optional[float]:
-    """The first number after `####` (GSM8K and stemp style), or None when there is none."""
-    match = _ANSWER.search(text)
-    if match is None:
-        return None
-    digits = match.group(1).replace(",", "").replace("$", "").replace(" ", "")
-    try:
-        return float(digits)
-    except ValueError:
-        return None
-
-
-def is_correct(generated: str, target: float, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:
-    value = extract_answer(generated)
-    return value is not None and math.isclose(value, float(target), rel_tol=rel_tol, abs_tol=abs_tol)
+from tjdkit.evaluation.answers import is_correct
 
 
 def window_hidden(out, windows):
@@ -39,7 +20,7 @@ def evaluate_nll(model, head, examples, batch_size: int, pad_id: int) -> tuple[O
     import torch
 
     from tjdkit.data.examples import collate
-    from tjdkit.windows import base_window_nll, make_windows
+    from tjdkit.heads.windows import base_window_nll, make_windows
 
     horizon = head.horizon if head is not None else 1
     head_total, base_total, count = 0.0, 0.0, 0
@@ -79,7 +60,7 @@ def evaluate(
 
     from tjdkit.config import DataSection
     from tjdkit.data.examples import load_examples
-    from tjdkit.decoding import acceptance, acceptance_rates, generate
+    from tjdkit.decoding import DecodeStats, acceptance, generate
 
     report = on_progress or (lambda _stage, _done, _total: None)
     examples = load_examples(DataSection(dataset=dataset, eval_size=limit, max_length=4096), tokenizer, split)
@@ -93,9 +74,7 @@ def evaluate(
     greedy_outputs: list[list[int]] = []
     result["modes"] = {}
     for mode in modes:
-        correct, tokens, forwards, seconds = 0, 0, 0, 0.0
-        accepted: list[int] = []
-        offered: list[int] = []
+        correct, totals = 0, DecodeStats(mode)
         for index, example in enumerate(examples):
             prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
             with torch.no_grad():
@@ -104,31 +83,28 @@ def evaluate(
                 greedy_outputs.append(new)
             text = tokenizer.decode(new, skip_special_tokens=True)
             correct += example.target is not None and is_correct(text, example.target)
-            tokens, forwards, seconds = tokens + stats.new_tokens, forwards + stats.forwards, seconds + stats.seconds
-            if mode == "verify":
-                accepted, offered = accepted + stats.accepted, offered + stats.offered
+            totals.merge(stats)
             report(mode, index + 1, len(examples))
         scored = any(example.target is not None for example in examples)
         result["modes"][mode] = {
             "accuracy": correct / len(examples) if scored and examples else None,
-            "tokens_per_forward": tokens / max(forwards, 1),
-            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-            "new_tokens": tokens,
+            "tokens_per_forward": totals.new_tokens / max(totals.forwards, 1),
+            "tokens_per_second": totals.tokens_per_second,
+            "new_tokens": totals.new_tokens,
         }
         if mode == "verify":
-            result["modes"][mode]["tau"] = sum(a + 1 for a in accepted) / max(len(accepted), 1)
-            result["modes"][mode]["acceptance_by_position"] = acceptance_rates(accepted, offered)
+            result["modes"][mode]["tau"] = totals.tau
+            result["modes"][mode]["acceptance_by_position"] = totals.acceptance_by_position()
     if head is not None and greedy_outputs:
-        accepted, offered = [], []
+        totals = DecodeStats("acceptance")
         for example, continuation in zip(examples, greedy_outputs):
             prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
-            stats = acceptance(model, head, prompt, continuation)
-            accepted, offered = accepted + stats.accepted, offered + stats.offered
+            totals.merge(acceptance(model, head, prompt, continuation))
         result["acceptance"] = {
-            "steps": len(accepted),
-            "mean_accepted": sum(accepted) / max(len(accepted), 1),
-            "tau": sum(a + 1 for a in accepted) / max(len(accepted), 1),
+            "steps": totals.steps,
+            "mean_accepted": totals.mean_accepted,
+            "tau": totals.tau,
             # share of the drafts offered at position j = 1..H-1 that were accepted
-            "by_position": acceptance_rates(accepted, offered),
+            "by_position": totals.acceptance_by_position(),
         }
     return result

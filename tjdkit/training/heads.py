@@ -1,4 +1,4 @@
-"""Joint heads trained on their backbone: the tjdkit.loop Job for `tjdkit train`.
+"""Joint heads trained on their backbone: the tjdkit.training.loop Job for `tjdkit train`.
 
 frozen: the backbone's hidden states are computed once and kept in memory, so every
 epoch after the first costs only the head. last_layer, lora, full: the backbone trains
@@ -21,11 +21,11 @@ import torch.nn as nn
 from tjdkit.config import TrainRecipe
 from tjdkit.data.examples import Example, collate, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
-from tjdkit.evaluate import evaluate_nll, window_hidden
-from tjdkit.loop import EventCallback, epoch_order, lr_factor, read_resume_state, run_loop  # noqa: F401 - epoch_order, lr_factor: re-exported
+from tjdkit.evaluation.heads import evaluate_nll, window_hidden
+from tjdkit.training.loop import EventCallback, epoch_order, lr_factor, read_resume_state, run_loop  # noqa: F401 - epoch_order, lr_factor: re-exported
 from tjdkit.recipes import dump_recipe
-from tjdkit.runs import save_checkpoint
-from tjdkit.windows import last_hidden, make_windows
+from tjdkit.training.runs import save_checkpoint
+from tjdkit.heads.windows import last_hidden, make_windows, window_loss
 
 # -- the head on its model --------------------------------------------------------------
 
@@ -54,7 +54,7 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
 
 def check_resumable(recipe: TrainRecipe, last_dir: Path) -> None:
     """--resume continues the same head on the same model: a recipe that asks for another is refused up front."""
-    from tjdkit.runs import read_checkpoint
+    from tjdkit.training.runs import read_checkpoint
 
     info, h = read_checkpoint(last_dir), recipe.head
     saved = info["head"]
@@ -112,14 +112,6 @@ class JointLoss(nn.Module):
         windows = make_windows(ids, mask, self.head.horizon, every=every, offset=offset, end_id=self.end_id)
         loss = window_loss(self.head, window_hidden(out, windows), windows.targets)
         return loss + self.lm_loss_weight * out.loss, windows.targets.numel()
-
-
-def window_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean -log p(window) / H over windows whose targets the head can represent."""
-    keep = head.in_vocab(targets).all(dim=1)
-    if not keep.any():
-        return hidden.sum() * 0.0
-    return -head.log_prob(hidden[keep], targets[keep]).mean() / targets.shape[1]
 
 
 def loss_offset(seed: int, step: int, horizon: int) -> int:
@@ -239,7 +231,7 @@ class HeadJob:
         """The checkpoint's head and trained backbone weights (adapter or backbone.safetensors)."""
         from safetensors.torch import load_file
 
-        from tjdkit.runs import apply_backbone, read_checkpoint
+        from tjdkit.training.runs import apply_backbone, read_checkpoint
 
         try:
             module.head.load_state_dict(load_file(directory / "head.safetensors"))

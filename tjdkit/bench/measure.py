@@ -1,0 +1,91 @@
+"""What a decoding run costs beyond its time: peak memory, model forwards, the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+from typing import Optional
+
+import torch
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA's allocator peak on a GPU, else the process's
+    resident set size sampled every few milliseconds (Linux), else its lifetime peak."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            import resource
+
+            scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak_bytes = self._rss()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+
+
+class ForwardCounter:
+    """Counts the backbone's forward calls, whoever makes them (tjdkit or transformers' generate)."""
+
+    def __init__(self, model):
+        self.count = 0
+        self._handle = model.base_model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_args) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+
+def environment(model) -> dict:
+    """What the numbers were measured on."""
+    import transformers
+
+    device = next(model.parameters()).device
+    info = {
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+

@@ -1,0 +1,88 @@
+"""One KV-cached forward of the model, and the output layer: the primitives every decoding
+path (ar, draft, verify, TNOT, the benchmarks) shares, so a speed-up here is shared and
+comparisons between them stay fair."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def new_cache(model):
+    """An empty DynamicCache shaped by the config, so sliding-window layers (Gemma 3) keep only their window."""
+    if hasattr(model, "new_cache"):  # a model that brings its own cache (a custom TJD backbone: tjdkit.tjd)
+        return model.new_cache()
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def next_logits(model, ids: Tensor, cache) -> Tensor:
+    """ids [1, n] appended to the cache -> next-token logits [V] (float32) at the last position."""
+    hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0, -1:]  # [1, D]
+    return output_logits(model, hidden)[0]
+
+
+def next_hidden(model, ids: Tensor, cache) -> Tensor:
+    """ids [1, n] appended to the cache -> final normed hidden state [1, D] at the last position.
+
+    Runs the backbone only (no lm_head): the head needs what lm_head would see, which is
+    also what `tjdkit.heads.windows.last_hidden` gives the head during training.
+    """
+    out = model.base_model(input_ids=ids, cache=cache, use_cache=True)
+    return out.last_hidden_state[:, -1]
+
+
+def output_logits(model, hidden: Tensor) -> Tensor:
+    """hidden [n, D] (final normed states) -> the model's logits [n, V], float32.
+
+    Soft-capping (Gemma 2 style configs) is applied as the model's own forward does.
+    """
+    return soft_cap(model, raw_logits(model, hidden))
+
+
+def raw_logits(model, hidden: Tensor) -> Tensor:
+    """hidden [n, D] -> the output layer's logits [n, V] before any soft-capping, float32.
+
+    On the CPU, a few rows go through the output layer as weight @ hidden^T: that GEMM runs
+    2-4x faster than nn.Linear's path for n <= 16 on the 262k-row Gemma vocabulary (a single
+    row is padded to two, where the matrix-vector path is slower). ar, verify and TNOT all
+    come through here, so a speed-up here is shared and comparisons between them stay fair.
+    """
+    layer = model.get_output_embeddings()
+    n = hidden.shape[0]
+    if isinstance(layer, torch.nn.Linear) and hidden.device.type == "cpu" and n <= 16:
+        x = hidden.to(layer.weight.dtype)
+        if n == 1:
+            x = torch.cat([x, torch.zeros_like(x)])
+        logits = (layer.weight @ x.T).T[:n]  # [n, V]
+        if layer.bias is not None:
+            logits = logits + layer.bias
+    else:
+        logits = layer(hidden)
+    return logits.float()
+
+
+def soft_cap(model, logits: Tensor) -> Tensor:
+    """The model's own logit soft-capping (Gemma 2 style configs) applied to raw logits."""
+    return apply_soft_cap(logits, soft_cap_value(model))
+
+
+def soft_cap_value(model) -> Optional[float]:
+    """The config's final_logit_softcapping, or None when the model does not cap its logits."""
+    return getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+
+
+def apply_soft_cap(logits: Tensor, cap: Optional[float]) -> Tensor:
+    """cap * tanh(logits / cap), or the logits as they are when cap is None or 0."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def hidden_and_logits(model, ids: Tensor, cache, last_only: bool = False) -> tuple[Tensor, Tensor]:
+    """ids [1, n] appended to the cache -> hidden states [n, D] and logits [n, V] (float32) at
+    every position, or [1, V] at the last one only (`last_only`, for a prefill)."""
+    hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0]  # [n, D]
+    return hidden, output_logits(model, hidden[-1:] if last_only else hidden)
+
