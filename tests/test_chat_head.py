@@ -57,3 +57,15 @@ def test_chat_head_user_errors(run_cli, run_dir, args, message):
     code, out, err = run_cli("chat", *args, "--prompt", "Hi")
     assert code == 2 and message in err and "Traceback" not in err
 
+
+def test_readme_python_example_runs_on_a_trained_run(run_dir, capsys):
+    """The README's "Python API" example, as written, with its run directory pointed at this run."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'tjdkit.load_run("runs/tiny-stemp")' in code and "assert tokens == plain" in code
+    exec(compile(code.replace("runs/tiny-stemp", str(run_dir)), "README.md", "exec"), {})  # noqa: S102
+    assert "tau" in capsys.readouterr().out

@@ -20,6 +20,7 @@ _PUBLIC = {
     "LoadedRun": "tjdkit.training.runs",
     "build_head": "tjdkit.heads",
     "JointHead": "tjdkit.heads",
+    "TJD": "tjdkit.tjd",
     "generate": "tjdkit.decoding",
     "acceptance": "tjdkit.decoding",
     "DecodeStats": "tjdkit.decoding",
