@@ -38,8 +38,13 @@ def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_
     outputs = result["outputs"]
     assert outputs["verify"] == outputs["ar"] == outputs["hf"] == outputs["lookup"]  # every lossless mode
     verify = result["modes"]["verify"]
-    assert verify["tau"] >= 1.0 and len(verify["acceptance_by_position"]) == 2
-    assert result["modes"]["ar"]["speedup"] == 1.0 and result["modes"]["ar"]["tokens_per_forward"] == 1.0
+    assert verify["tau"] >= 1.0 and 0.0 <= verify["lookup_share"] <= 1.0
+    # the head offers H-1 = 2 drafts a step; lookup steps (hybrid drafter, the default) up to 10
+    assert len(verify["acceptance_by_position"]) >= 2
+    plain = max(("ar", "hf"), key=lambda mode: result["modes"][mode]["tokens_per_second"])  # the faster plain decoding
+    assert result["baselines"] == {"speedup": plain, "speedup_vs_lookup": "lookup"}
+    assert result["modes"][plain]["speedup"] == 1.0 and result["modes"]["lookup"]["speedup_vs_lookup"] == 1.0
+    assert result["modes"]["ar"]["tokens_per_forward"] == 1.0 and result["environment"]["output_layer_kernel"] in ("linear", "matmul")
     for row in result["modes"].values():
         assert row["tokens_per_second"] > 0 and row["peak_memory_mb"] > 0 and row["new_tokens"] == 24
     assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] >= 1
@@ -137,9 +142,68 @@ def test_head_cache_names_are_one_safe_directory(tmp_path, monkeypatch):
         (["--plot", "out.txt"], "PNG"),
         (["--head-dir", "./no/such/run"], "run directory not found"),
         (["--prompts", "0"], "prompts"),
+        (["--prompts-file", "./no/such/file.txt"], "prompts file not found"),
+        (["--drafter", "tree"], "unknown --drafter"),
     ],
 )
 def test_bench_user_errors_are_one_line_and_exit_2(run_cli, args, message):
     code, out, err = run_cli("bench", "--model", "tiny-llama", *args)
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_speedups_divide_by_the_fastest_plain_decoding_and_by_lookup():
+    from tjdkit.bench import speedups
+
+    rows = {mode: {"tokens_per_second": tps} for mode, tps in [("ar", 10.0), ("hf", 20.0), ("verify", 50.0), ("lookup", 25.0)]}
+    assert speedups(rows) == {"speedup": "hf", "speedup_vs_lookup": "lookup"}
+    assert [rows[mode]["speedup"] for mode in rows] == [0.5, 1.0, 2.5, 1.25]
+    assert [rows[mode]["speedup_vs_lookup"] for mode in rows] == [0.4, 0.8, 2.0, 1.0]
+    alone = {"verify": {"tokens_per_second": 5.0}}
+    assert speedups(alone) == {} and "speedup" not in alone["verify"]  # nothing plain to compare with
+
+
+def test_prompts_file_plain_lines_or_json_lines(tmp_path):
+    from tjdkit.bench import read_prompts_file
+    from tjdkit.errors import TjdkitError
+
+    lines = tmp_path / "p.txt"
+    lines.write_text("def add(a, b):\n\n   \nThe capital of France is\n")
+    assert read_prompts_file(lines) == ["def add(a, b):", "The capital of France is"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "line one\\nline two"}\n\n{"prompt": "x", "id": 2}\n')
+    assert read_prompts_file(jsonl) == ["line one\nline two", "x"]
+    for text, message in [("", "no prompts"), ('{"prompt": "a"}\nplain\n', ":2: not a JSON line"),
+                          ('{"text": "a"}\n', ':1: no "prompt"'), (b"\xff\xfe", "not UTF-8")]:
+        bad = tmp_path / "bad.txt"
+        bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(TjdkitError, match=message):
+            read_prompts_file(bad)
+
+
+def test_bench_on_a_users_prompts_file(run_cli, tmp_path):
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("Hello, my name is\nThe capital of France is\nOnce upon a time\n")
+    code, out, err = run_cli("bench", "--model", "tiny-llama", "--modes", "ar,hf,lookup", "--prompts-file", str(prompts),
+                             "--max-new-tokens", "8", "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["prompts"] == 3 and result["prompts_file"] == str(prompts) and result["parity"] is True
+    assert "mine.txt" in " ".join(out.split()) and result["baselines"]["speedup_vs_lookup"] == "lookup"
+    code, out, err = run_cli("bench", "--model", "tiny-llama", "--modes", "ar", "--prompts-file", str(prompts),
+                             "--prompts", "2", "--max-new-tokens", "4", "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "c.json").read_text())["prompts"] == 2
+
+
+def test_bench_verify_with_lookup_drafts_needs_no_head(run_cli, tmp_path):
+    """tjdkit's own loop with prompt-lookup drafts: no head trained, lossless, lookup's share reported."""
+    prompts = tmp_path / "repeat.txt"
+    prompts.write_text("one two three four one two three four one two\n")
+    code, out, err = run_cli("bench", "--model", "tiny-llama", "--modes", "ar,verify,lookup", "--drafter", "lookup",
+                             "--prompts-file", str(prompts), "--max-new-tokens", "12", "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    assert "training" not in err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["head"] is None and result["drafter"] == "lookup" and result["parity"] is True
+    assert result["outputs"]["verify"] == result["outputs"]["ar"] and result["modes"]["verify"]["lookup_share"] > 0

@@ -293,7 +293,7 @@ def test_verify_greedy_is_ar_greedy(models, name, head_name):
     model, tokenizer = models[name]
     head = weak_head(model, head_name, horizon=4)
     ids = prompt(tokenizer)
-    tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=N)
+    tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=N, drafter="head")
     assert tokens == greedy_no_cache(model, ids, N)
     assert stats.new_tokens == N == 1 + sum(a + 1 for a in stats.accepted)
     assert stats.forwards == 1 + len(stats.accepted)
@@ -310,7 +310,7 @@ def test_verify_rolls_back_rejected_drafts(models, name):
     ids = prompt(tokenizer)
     reference = greedy_no_cache(model, ids, n)
     oracle = OracleHead(model, ids, reference, H, sizes(model)[1])
-    tokens, stats = generate(model, ids, mode="verify", head=oracle, max_new_tokens=n)
+    tokens, stats = generate(model, ids, mode="verify", head=oracle, max_new_tokens=n, drafter="head")
     assert tokens == reference
     assert set(stats.accepted[:-2]) == {0, 1, 2, 3}  # the oracle spoils draft (call % H)
     assert stats.tau > 2.0 and oracle.calls == len(stats.accepted) - (stats.offered[-1] == 0)
@@ -415,7 +415,8 @@ def test_verify_sampling_follows_the_models_distribution(models):
     accepted = rejected = 0
     for _ in range(samples):
         tokens, stats = generate(
-            model, ids, mode="verify", head=head, max_new_tokens=n, temperature=temperature, top_k=top_k, generator=generator
+            model, ids, mode="verify", head=head, max_new_tokens=n, temperature=temperature, top_k=top_k, generator=generator,
+            drafter="head",
         )
         counts[tuple(tokens)] += 1  # KeyError: a sequence the model cannot produce
         accepted += sum(stats.accepted)
@@ -527,3 +528,86 @@ def test_stats_properties():
     # draft 1 accepted in 3 of 4 steps; draft 2 in 2 of the 3 that offered it; draft 3 in 1 of 3
     assert stats.acceptance_by_position() == pytest.approx([3 / 4, 2 / 3, 1 / 3])
     assert DecodeStats(mode="verify").tau == 0.0 and DecodeStats(mode="verify").acceptance_by_position() == []
+
+
+# ---- prompt-lookup drafts --------------------------------------------------------------------
+
+
+def brute_force_lookup(tokens, limit, max_ngram=2):
+    """transformers' PromptLookupCandidateGenerator rule, spelled out: the longest n-gram first, its
+    first earlier occurrence, the tokens after it."""
+    for n in range(max_ngram, 0, -1):
+        if len(tokens) <= n:
+            continue
+        matches = [i for i in range(len(tokens) - n) if tokens[i : i + n] == tokens[-n:]]
+        for i in matches:
+            if tokens[i + n : i + n + limit]:
+                return tokens[i + n : i + n + limit]
+    return []
+
+
+def test_lookup_drafts_follow_the_prompt_lookup_rule():
+    from tjdkit.decoding.drafters import lookup_drafts
+
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        tokens = torch.randint(0, 4, (int(torch.randint(1, 14, (1,), generator=rng)),), generator=rng).tolist()
+        limit = int(torch.randint(1, 6, (1,), generator=rng))
+        assert lookup_drafts(tokens, limit) == brute_force_lookup(tokens, limit), tokens
+    assert lookup_drafts([5, 6, 7, 5, 6], 10) == [7, 5, 6] and lookup_drafts([1, 2, 3], 10) == []
+    assert lookup_drafts([1, 2, 1, 2], 0) == []
+
+
+def repeating_prompt(model, tokenizer, text="The quick brown fox jumps over the lazy dog."):
+    """The prompt, the model's own greedy continuation, then the prompt again: lookup has something to copy."""
+    ids = prompt(tokenizer, text)
+    greedy, _ = generate(model, ids, mode="ar", max_new_tokens=12)
+    return torch.cat([ids, torch.tensor([greedy]), ids], dim=1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("drafter", ["lookup", "hybrid"])
+def test_verify_with_lookup_drafts_is_ar_greedy(models, name, drafter):
+    """Across Gemma 3's sliding window and with rollbacks of up to 10 drafts: the model's own greedy output."""
+    model, tokenizer = models[name]
+    ids = repeating_prompt(model, tokenizer)
+    reference, _ = generate(model, ids, mode="ar", max_new_tokens=N)
+    head = weak_head(model, horizon=4) if drafter == "hybrid" else None
+    tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=N, drafter=drafter)
+    assert tokens == reference
+    assert stats.forwards == 1 + len(stats.accepted) and stats.new_tokens == 1 + sum(a + 1 for a in stats.accepted)
+    assert stats.lookup_steps >= 1 and max(stats.accepted) >= 2  # lookup drafted, and its copies were accepted
+    if drafter == "lookup":
+        assert stats.lookup_steps == sum(o > 0 for o in stats.offered)
+    else:
+        assert stats.lookup_steps < len(stats.accepted)  # the head drafted the other steps
+
+
+def test_verify_sampling_with_lookup_drafts_follows_the_models_distribution(models):
+    """Lookup drafts are a point mass q: accepted with probability p(draft), else resampled without
+    them; chi-square of 4-token sequences against the model's exact distribution."""
+    model, tokenizer = models["tiny-llama"]
+    n, top_k, temperature, samples = 4, 2, 0.7, 1500
+    ids = repeating_prompt(model, tokenizer, "Once upon a time")
+    with torch.no_grad():
+        exact = exact_distribution(model, ids, n, top_k, temperature)
+    counts = dict.fromkeys(exact, 0)
+    generator = torch.Generator().manual_seed(0)
+    accepted = rejected = 0
+    for _ in range(samples):
+        tokens, stats = generate(model, ids, mode="verify", max_new_tokens=n, temperature=temperature, top_k=top_k,
+                                 generator=generator, drafter="lookup")
+        counts[tuple(tokens)] += 1
+        accepted += sum(stats.accepted)
+        rejected += sum(o > a for o, a in zip(stats.offered, stats.accepted))
+    assert accepted > 0.2 * samples and rejected > 0.2 * samples  # both paths of the rule ran often
+    chi2 = sum((counts[s] - samples * p) ** 2 / (samples * p) for s, p in exact.items())
+    assert chi2 < 37.7  # 15 degrees of freedom, p = 0.001
+
+
+def test_an_unknown_drafter_or_no_head_is_refused(models):
+    model, tokenizer = models["tiny-llama"]
+    with pytest.raises(TjdkitError, match="unknown drafter"):
+        generate(model, prompt(tokenizer), mode="verify", drafter="tree")
+    with pytest.raises(TjdkitError, match="needs a head"):
+        generate(model, prompt(tokenizer), mode="verify", drafter="hybrid")

@@ -91,7 +91,7 @@ def test_verify_on_gemma_is_greedy_ar_token_for_token(gemma_dir):
         tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=40)
         assert tokens == reference and stats.forwards == 1 + len(stats.accepted)
         oracle = OracleHead(model, ids, reference, 4, weight.shape[0])
-        tokens, stats = generate(model, ids, mode="verify", head=oracle, max_new_tokens=40)
+        tokens, stats = generate(model, ids, mode="verify", head=oracle, max_new_tokens=40, drafter="head")
         assert tokens == reference and {0, 1, 2, 3} <= set(stats.accepted)
 
 

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def cache_root() -> Path:
+    """Where tjdkit keeps what it computes once per machine (converted models, bench heads, kernel
+    choices): ~/.cache/tjdkit, or $TJDKIT_CACHE."""
+    return Path(os.environ.get("TJDKIT_CACHE") or Path.home() / ".cache" / "tjdkit").expanduser()
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temp file in the same directory and a rename."""
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -6,15 +6,16 @@ prompt-lookup decoding, interleaved in one process, with the head bench trains o
 Names load on first use, so the CLI reads the mode names (`bench.modes`) without torch.
 """
 
-from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, LOSSLESS, NEEDS_HEAD
+from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, LOSSLESS, NEEDS_HEAD, PLAIN
 
 _NAMES = {
     "bench_recipe": "heads", "head_cache_dir": "heads", "resolve_head_run": "heads",
     "ForwardCounter": "measure", "PeakMemory": "measure", "environment": "measure",
-    "LOOKUP_TOKENS": "run", "bench_prompts": "run", "run_bench": "run",
+    "LOOKUP_TOKENS": "run", "bench_prompts": "run", "file_prompts": "run", "read_prompts_file": "run",
+    "run_bench": "run", "speedups": "run",
 }
 
-__all__ = ["BENCH_MODES", "DEFAULT_MODES", "LOSSLESS", "NEEDS_HEAD", *sorted(_NAMES)]
+__all__ = ["BENCH_MODES", "DEFAULT_MODES", "LOSSLESS", "NEEDS_HEAD", "PLAIN", *sorted(_NAMES)]
 
 
 def __getattr__(name):

@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from tjdkit.decoding.kernels import chosen_kernel
+
 
 class PeakMemory:
     """Peak memory while a block runs: CUDA's allocator peak on a GPU, else the process's
@@ -84,6 +86,7 @@ def environment(model) -> dict:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "output_layer_kernel": chosen_kernel(model.get_output_embeddings()),  # measured on this machine
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -20,11 +20,11 @@ from typing import Callable, Optional
 import torch
 
 from tjdkit.bench.measure import ForwardCounter, PeakMemory
-from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, LOSSLESS, NEEDS_HEAD
+from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, LOSSLESS, NEEDS_HEAD, PLAIN
 from tjdkit.decoding import DecodeStats, parse_modes
+from tjdkit.decoding.drafters import DRAFTERS, LOOKUP_TOKENS  # hf's lookup mode and tjdkit's lookup drafts alike
 from tjdkit.errors import TjdkitError
 
-LOOKUP_TOKENS = 10  # transformers' documented default for prompt_lookup_num_tokens
 
 ProgressCallback = Optional[Callable[[str, int, int], None]]
 
@@ -44,6 +44,50 @@ def bench_prompts(tokenizer, dataset: str, split: str, count: int, seed: int = 0
 
 
 
+def read_prompts_file(path) -> list[str]:
+    """A user's prompts: one per line, or JSON Lines with a "prompt" field (for prompts that span
+    lines). Blank lines are skipped; anything else unreadable is one error line."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise TjdkitError(f"prompts file not found: {path}") from None
+    except IsADirectoryError:
+        raise TjdkitError(f"--prompts-file {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise TjdkitError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TjdkitError(f"{path} is not UTF-8 text (byte at offset {exc.start})") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise TjdkitError(f"no prompts in {path}: give one per line, or JSON Lines with a \"prompt\" field")
+    if not lines[0][1].lstrip().startswith("{"):
+        return [line for _, line in lines]
+    prompts = []
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise TjdkitError(f"{path}:{number}: not a JSON line (the file's first line is JSON, so every line must be)") from None
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise TjdkitError(f"{path}:{number}: no \"prompt\" text in this JSON line")
+        prompts.append(prompt)
+    return prompts
+
+
+def file_prompts(tokenizer, path, count: Optional[int] = None) -> list[list[int]]:
+    """The first `count` (default: all) prompts of a user's file, tokenised as plain text."""
+    texts = read_prompts_file(path)[:count]
+    return [tokenizer(text).input_ids for text in texts]
+
+
+# ---- measuring ----------------------------------------------------------------------------
+
+
 @dataclass
 class Run:
     """One mode on one prompt."""
@@ -54,9 +98,10 @@ class Run:
     peak_bytes: int
     accepted: list[int] = field(default_factory=list)
     offered: list[int] = field(default_factory=list)
+    lookup_steps: int = 0
 
 
-def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int]) -> Run:
+def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int], drafter: str) -> Run:
     from tjdkit.decoding import generate
 
     device = next(model.parameters()).device
@@ -69,6 +114,7 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
             start = time.perf_counter()
             accepted: list[int] = []
             offered: list[int] = []
+            lookup_steps = 0
             with torch.inference_mode():
                 if mode in ("hf", "lookup"):
                     extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if mode == "lookup" else {}
@@ -83,14 +129,15 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
                     )
                     tokens = output[0, ids.shape[1] :].tolist()
                 else:
-                    tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos)
-                    accepted, offered = stats.accepted, stats.offered
+                    tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos,
+                                             drafter=drafter)
+                    accepted, offered, lookup_steps = stats.accepted, stats.offered, stats.lookup_steps
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
     finally:
         counter.close()
-    return Run(tokens, seconds, counter.count, memory.peak_bytes, accepted, offered)
+    return Run(tokens, seconds, counter.count, memory.peak_bytes, accepted, offered, lookup_steps)
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -103,7 +150,7 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
     totals = DecodeStats(mode)
     for run in runs:
-        totals.add(len(run.tokens), run.forwards, run.seconds, run.accepted, run.offered)
+        totals.add(len(run.tokens), run.forwards, run.seconds, run.accepted, run.offered, run.lookup_steps)
     row = {
         "new_tokens": totals.new_tokens,
         "seconds": totals.seconds,
@@ -117,7 +164,8 @@ def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
     if mode == "verify":
         row["tau"] = totals.tau
         row["acceptance_by_position"] = totals.acceptance_by_position()
-        row["drafts_per_step"] = horizon - 1
+        row["drafts_per_step"] = horizon - 1  # the head's; a lookup step offers up to LOOKUP_TOKENS
+        row["lookup_share"] = totals.lookup_steps / totals.steps if totals.steps else 0.0  # steps drafted by lookup
     return row
 
 
@@ -130,18 +178,23 @@ def run_bench(
     max_new_tokens: int = 128,
     warmup_tokens: int = 16,
     on_progress: ProgressCallback = None,
+    drafter: str = "hybrid",
 ) -> dict:
-    """Time every mode on every prompt (interleaved, after a warm-up) -> the result dict."""
+    """Time every mode on every prompt (interleaved, after a warm-up) -> the result dict.
+    `drafter`: where verify's drafts come from (tjdkit.decoding.drafters)."""
     modes = parse_modes(modes, BENCH_MODES, what="bench mode")
-    if head is None and any(mode in NEEDS_HEAD for mode in modes):
-        raise TjdkitError("draft and verify modes need a head")
+    if drafter not in DRAFTERS:
+        raise TjdkitError(f"unknown drafter {drafter!r} (choose from {', '.join(DRAFTERS)})")
+    needing_head = [mode for mode in modes if mode in NEEDS_HEAD and not (mode == "verify" and drafter == "lookup")]
+    if head is None and needing_head:
+        raise TjdkitError(f"{' and '.join(needing_head)} need a head")
     report = on_progress or (lambda _stage, _done, _total: None)
     eos = [tokenizer.eos_token_id]
     horizon = head.horizon if head is not None else 1
 
     for done, mode in enumerate(modes):
         report("warm-up", done, len(modes))
-        _run_mode(model, head, mode, prompts[0], min(warmup_tokens, max_new_tokens), eos)
+        _run_mode(model, head, mode, prompts[0], min(warmup_tokens, max_new_tokens), eos, drafter)
     report("warm-up", len(modes), len(modes))
 
     runs: dict[str, list[Run]] = {mode: [] for mode in modes}
@@ -149,14 +202,12 @@ def run_bench(
     for index, prompt in enumerate(prompts):
         order = modes[index % len(modes) :] + modes[: index % len(modes)]  # rotate: no mode always goes first
         for position, mode in enumerate(order):
-            runs[mode].append(_run_mode(model, head, mode, prompt, max_new_tokens, eos))
+            runs[mode].append(_run_mode(model, head, mode, prompt, max_new_tokens, eos, drafter))
             report("bench", index * len(modes) + position + 1, total)
 
     result: dict = {"modes": {mode: _summary(mode, runs[mode], horizon) for mode in modes}}
+    result["baselines"] = speedups(result["modes"])
     if "ar" in runs:
-        base = result["modes"]["ar"]["tokens_per_second"]
-        for row in result["modes"].values():
-            row["speedup"] = row["tokens_per_second"] / base if base else 0.0
         result["parity"] = _parity(tokenizer, runs)
     result["per_prompt"] = [
         {mode: {"tokens": len(runs[mode][i].tokens), "seconds": runs[mode][i].seconds} for mode in modes}
@@ -164,6 +215,24 @@ def run_bench(
     ]
     result["outputs"] = {mode: [runs[mode][i].tokens for i in range(len(prompts))] for mode in modes}
     return result
+
+
+def speedups(rows: dict[str, dict]) -> dict[str, str]:
+    """Each mode's tokens/s over the strongest alternative a user has, in place -> which mode each
+    ratio divides by. `speedup`: over the fastest plain lossless decoding in the run (tjdkit's
+    `ar` or transformers' `hf`, whichever ran faster); `speedup_vs_lookup`: over transformers'
+    prompt lookup, the lossless speed-up that needs no training."""
+    baselines: dict[str, str] = {}
+    plain = [mode for mode in PLAIN if mode in rows]
+    if plain:
+        baselines["speedup"] = max(plain, key=lambda mode: rows[mode]["tokens_per_second"])
+    if "lookup" in rows:
+        baselines["speedup_vs_lookup"] = "lookup"
+    for key, mode in baselines.items():
+        base = rows[mode]["tokens_per_second"]
+        for row in rows.values():
+            row[key] = row["tokens_per_second"] / base if base else 0.0
+    return baselines
 
 
 def _parity(tokenizer, runs: dict[str, list[Run]]) -> dict:

@@ -28,9 +28,14 @@ def bench(
     horizon: int = typer.Option(4, "--horizon", min=2, max=16, help="Tokens the head predicts per step."),
     dataset: str = typer.Option("stemp", "--dataset", "-d", help="Prompts (and training data): stemp or sharegpt."),
     split: str = typer.Option("test", "--split", help="Which prompts: test (stemp also: mild, hard)."),
-    prompts: int = typer.Option(5, "--prompts", "-n", min=1, help="How many prompts."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", "-n", min=1,
+                                          help="How many prompts (default: 5 of the dataset, all of --prompts-file)."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file",
+                                                help="Your prompts instead of the dataset's: one per line, or JSONL with a \"prompt\" field."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
     modes: str = typer.Option(",".join(DEFAULT_MODES), "--modes", help=f"Comma-separated: {', '.join(BENCH_MODES)}."),
+    drafter: str = typer.Option("hybrid", "--drafter",
+                                help="verify's drafts: hybrid (prompt lookup where the text repeats, else the head), head, lookup."),
     head_dir: Optional[Path] = typer.Option(None, "--head-dir", help="Use this trained run instead of the cached head."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw tokens/s and acceptance to this PNG."),
     json_path: JsonOpt = None,
@@ -47,7 +52,11 @@ def bench(
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import builtin_recipe_dir
 
+    from tjdkit.decoding.drafters import DRAFTERS
+
     chosen = parse_modes(modes, BENCH_MODES, what="bench mode")
+    if drafter not in DRAFTERS:
+        raise TjdkitError(f"unknown --drafter {drafter!r} (use {', '.join(DRAFTERS)})")
     benchable = sorted(path.stem.removeprefix("bench-") for path in builtin_recipe_dir().glob("bench-*.yaml"))
     if dataset not in benchable:  # the datasets bench has a head recipe for
         raise TjdkitError(f"no bench recipe for dataset {dataset!r}: bench runs on {' or '.join(benchable)} prompts")
@@ -55,9 +64,13 @@ def bench(
     if head not in ("cp", "mps", "multihead"):
         raise TjdkitError(f"bench needs a multi-token head: cp, mps or multihead, not {head!r}")
     check_outputs(json_path, plot)
+    if prompts_file is not None:
+        from tjdkit.bench.run import read_prompts_file
+
+        read_prompts_file(prompts_file)  # one clear line now, not after the model has loaded
 
     quiet_libraries()
-    needs_head = any(mode in NEEDS_HEAD for mode in chosen)
+    needs_head = any(mode in NEEDS_HEAD and not (mode == "verify" and drafter == "lookup") for mode in chosen)
     run_dir, trained = None, False
     if needs_head:
         run_dir, trained = _head_run(head_dir, model, head, rank, horizon, dataset)
@@ -68,7 +81,7 @@ def bench(
         loaded, tokenizer = load_model_with_progress(model_name)
         joint_head = None
     _run_and_report(loaded, tokenizer, joint_head, model_name, run_dir, trained, dataset, split, prompts,
-                    chosen, max_new_tokens, plot, json_path)
+                    prompts_file, chosen, max_new_tokens, plot, json_path, drafter)
 
 
 def _head_run(head_dir, model, head, rank, horizon, dataset):
@@ -86,19 +99,23 @@ def _head_run(head_dir, model, head, rank, horizon, dataset):
                                 loaded=lambda: load_model_with_progress(model_name), on_event=on_event)
 
 
-def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, modes,
-                    max_new_tokens, plot, json_path) -> None:
-    from tjdkit.bench import bench_prompts, environment, run_bench
+def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, prompts_file, modes,
+                    max_new_tokens, plot, json_path, drafter) -> None:
+    from tjdkit.bench import bench_prompts, environment, file_prompts, run_bench
     from tjdkit.ui.bench import bench_table, parity_lines, save_plot
     from tjdkit.ui.progress import stage_bars
 
-    prompts = bench_prompts(tokenizer, dataset, split, count)
+    if prompts_file is not None:
+        prompts, source = file_prompts(tokenizer, prompts_file, count), str(prompts_file)
+    else:
+        prompts, source = bench_prompts(tokenizer, dataset, split, count or 5), f"{dataset}/{split}"
     with stage_bars(stderr(), elapsed=True) as on_progress:
-        result = run_bench(model, tokenizer, head, prompts, modes, max_new_tokens, on_progress=on_progress)
+        result = run_bench(model, tokenizer, head, prompts, modes, max_new_tokens, on_progress=on_progress, drafter=drafter)
 
     env = environment(model)
     head_text = f"{head.name} head r{head.rank} H{head.horizon}" if head is not None else "no head"
-    title = (f"bench {model_name} · {head_text} · {dataset}/{split} · {len(prompts)} prompts x {max_new_tokens} "
+    head_text += f" · {drafter} drafts" if "verify" in modes else ""
+    title = (f"bench {model_name} · {head_text} · {source} · {len(prompts)} prompts x {max_new_tokens} "
              f"new tokens · greedy · {env['device']} {env['dtype']}, {env['threads']} threads")
     out = stdout()
     out.print(bench_table(result, title))
@@ -115,11 +132,13 @@ def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, datase
     write_json(json_path, {
         "model": model_name,
         "head": {"run_dir": str(run_dir), "trained_now": trained, **head.config()} if head is not None else None,
-        "dataset": dataset,
+        "dataset": dataset,  # the head's training data, and the prompts' unless prompts_file is set
         "split": split,
+        "prompts_file": str(prompts_file) if prompts_file is not None else None,
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
+        "drafter": drafter,  # verify's drafts
         "environment": env,
         "parity": lossless_ok,  # every lossless mode's output identical to ar's on every prompt
         **{key: value for key, value in result.items() if key != "parity"},

@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from tjdkit.decoding.kernels import output_layer
+
 
 def new_cache(model):
     """An empty DynamicCache shaped by the config, so sliding-window layers (Gemma 3) keep only their window."""
@@ -46,23 +48,11 @@ def output_logits(model, hidden: Tensor) -> Tensor:
 def raw_logits(model, hidden: Tensor) -> Tensor:
     """hidden [n, D] -> the output layer's logits [n, V] before any soft-capping, float32.
 
-    On the CPU, a few rows go through the output layer as weight @ hidden^T: that GEMM runs
-    2-4x faster than nn.Linear's path for n <= 16 on the 262k-row Gemma vocabulary (a single
-    row is padded to two, where the matrix-vector path is slower). ar, verify and TNOT all
-    come through here, so a speed-up here is shared and comparisons between them stay fair.
+    The kernel (nn.Linear or one GEMM) is the one measured fastest on this CPU for this layer
+    (tjdkit.decoding.kernels); ar, draft, verify and TNOT all come through here, so the modes
+    a benchmark compares share it.
     """
-    layer = model.get_output_embeddings()
-    n = hidden.shape[0]
-    if isinstance(layer, torch.nn.Linear) and hidden.device.type == "cpu" and n <= 16:
-        x = hidden.to(layer.weight.dtype)
-        if n == 1:
-            x = torch.cat([x, torch.zeros_like(x)])
-        logits = (layer.weight @ x.T).T[:n]  # [n, V]
-        if layer.bias is not None:
-            logits = logits + layer.bias
-    else:
-        logits = layer(hidden)
-    return logits.float()
+    return output_layer(model.get_output_embeddings(), hidden).float()
 
 
 def soft_cap(model, logits: Tensor) -> Tensor:

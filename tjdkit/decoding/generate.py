@@ -7,7 +7,8 @@
 `draft` is TJDNet's joint decoding: the head's joint distribution replaces the model's
 chain rule for H tokens at a time; lossy by design, about one model forward per H tokens.
 
-`verify` is lossless self-speculative decoding (tjdkit.decoding.verify).
+`verify` is lossless speculative decoding (tjdkit.decoding.verify), its drafts from the head,
+from prompt lookup, or both (`drafter`).
 
 Accounting, the same in every mode: `forwards` counts every model forward, the prefill
 included, and nothing runs after the last token is chosen. So `ar` makes exactly one
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from tjdkit.decoding.context import check_prompt, fit_to_context
+from tjdkit.decoding.drafters import DRAFTERS
 from tjdkit.decoding.forward import new_cache, next_hidden, next_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 from tjdkit.decoding.stats import DecodeStats
@@ -71,6 +73,7 @@ def generate(
     repetition_penalty: float = 1.0,
     generator: Optional[torch.Generator] = None,
     on_tokens: Optional[Callable[[list[int]], None]] = None,
+    drafter: str = "hybrid",
 ) -> tuple[list[int], DecodeStats]:
     """Generate up to `max_new_tokens` after the prompt -> (new token ids, stats).
 
@@ -82,12 +85,16 @@ def generate(
     mode "draft": `head.draft` proposes H tokens from the hidden state at the end of the
     sequence; all are kept (cut at EOS or max_new_tokens) and fed through the model in ONE
     forward for the next hidden state. Lossy: the tokens follow the head's joint, not the model.
-    mode "verify": lossless self-speculative decoding (see the module docstring).
+    mode "verify": lossless speculative decoding (tjdkit.decoding.verify) with drafts from
+    `drafter`: "hybrid" (prompt lookup where the context repeats, else the head), "head", or
+    "lookup" (no head needed).
     """
     if mode not in MODES:
         raise TjdkitError(f"unknown decoding mode {mode!r} (choose from {', '.join(MODES)})")
-    if mode in HEAD_MODES and head is None:
-        raise TjdkitError(f"{mode} decoding needs a head")
+    if drafter not in DRAFTERS:
+        raise TjdkitError(f"unknown drafter {drafter!r} (choose from {', '.join(DRAFTERS)})")
+    if mode in HEAD_MODES and head is None and not (mode == "verify" and drafter == "lookup"):
+        raise TjdkitError(f"{mode} decoding needs a head" + (" (or drafter='lookup')" if mode == "verify" else ""))
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise TjdkitError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
@@ -115,7 +122,7 @@ def generate(
     if max_new_tokens == 0:
         out: list[int] = []
     elif mode == "verify":
-        out = verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, emit)
+        out = verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, emit, drafter)
     else:
         out = _one_model_forward_per_step(model, head, ids, mode, max_new_tokens, eos, sampling, generator, stats, emit)
     stats.new_tokens = len(out)

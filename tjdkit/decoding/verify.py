@@ -1,13 +1,16 @@
-"""(`head.draft(first=x)`): its first position is already decided by the verifier, so a
-head of horizon H offers H-1 drafts and a forward yields up to H tokens. Greedy: the
-drafts are accepted while they equal the model's argmax, then the model's own token
-follows (output identical to `ar`). Sampling: the speculative-sampling rule (accept with
-min(1, p/q), else resample from max(0, p - q) normalised; all accepted: a bonus token
-from p), so tokens follow the model's own distribution. Rejected drafts are cropped off
-the KV cache (sliding-window layers record their past for that).
+"""Lossless speculative decoding: each forward feeds [the last chosen token x, then the drafts];
+its logits verify the drafts and its hidden states feed the next draft.
 
-Accounting, the same in every mode: `forwards` counts every model forward, the prefill
-included, and nothing runs after the last token is chosen. So `ar` makes exactly one
+Drafts come from the joint head or from prompt lookup (tjdkit.decoding.drafters). The head
+drafts from the hidden state that predicted x, *conditioned on x* (`head.draft(first=x)`):
+its first position is already decided by the verifier, so a head of horizon H offers H-1
+drafts. Lookup offers the tokens that followed the context's last n-gram where it occurred
+before. Greedy: the drafts are accepted while they equal the model's argmax, then the model's
+own token follows (output identical to `ar`). Sampling: the speculative-sampling rule (accept
+with min(1, p/q), else resample from max(0, p - q) normalised; all accepted: a bonus token
+from p), with q the head's conditionals or, for a lookup draft, a point mass on it; so tokens
+follow the model's own distribution. Rejected drafts are cropped off the KV cache
+(sliding-window layers record their past for that).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from tjdkit.decoding.drafters import LOOKUP_TOKENS, lookup_drafts
 from tjdkit.decoding.forward import hidden_and_logits, new_cache
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
 
-def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, emit) -> list[int]:
-    """Self-speculative decoding: one forward per step verifies the last drafts and feeds the next."""
+def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, emit, drafter="head") -> list[int]:
+    """Speculative decoding: one forward per step verifies the last drafts and feeds the next.
+    drafter: "head", "lookup", or "hybrid" (lookup where the context repeats, else the head)."""
     device = ids.device
+    context = ids[0].tolist()  # the prompt, then every chosen token: what lookup searches
     cache = new_cache(model)
     hidden, logits = hidden_and_logits(model, ids, cache, last_only=True)  # prefill: [T, D], [1, V]
     stats.forwards += 1
@@ -37,8 +43,12 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         room = max_new_tokens - len(out)  # tokens this step may add: accepted drafts + the model's own
         first = torch.tensor([token], device=device)
         drafts: list[int] = []
-        q = None  # [n, V]: the head's conditionals the drafts were drawn from
-        if room > 1 and head.horizon > 1 and bool(head.in_vocab(first).all()):
+        q = None  # [n, V]: the head's conditionals the drafts were drawn from; None for lookup (a point mass)
+        if drafter != "head" and room > 1:
+            drafts = lookup_drafts(context + out, limit=min(LOOKUP_TOKENS, room - 1))
+            stats.lookup_steps += bool(drafts)
+        use_head = drafter != "lookup" and not drafts and head is not None and head.horizon > 1
+        if use_head and room > 1 and bool(head.in_vocab(first).all()):
             drafted, q_all = head.draft(
                 state,
                 greedy=sampling.greedy,
@@ -61,7 +71,8 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
                 ok = int(row.argmax()) == draft
             else:
                 u = float(torch.rand((), generator=generator))
-                ok = u * float(q[j, draft]) < float(sampling.probs(row)[draft])  # u < min(1, p/q)
+                q_draft = float(q[j, draft]) if q is not None else 1.0  # a lookup draft: q is a point mass on it
+                ok = u * q_draft < float(sampling.probs(row)[draft])  # u < min(1, p/q)
             if not ok:
                 break
             new.append(draft)
@@ -70,7 +81,9 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         accepted = len(new)
         if not (new and new[-1] in eos):
             row = sampling.penalise(logits[accepted], penalty_context(ids, out + new))
-            rejected_q = q[accepted] if q is not None and accepted < len(drafts) else None
+            rejected_q = None
+            if accepted < len(drafts):  # the draft at `accepted` was rejected: resample from the residual
+                rejected_q = q[accepted] if q is not None else _point_mass(drafts[accepted], row)
             new.append(_model_token(row, rejected_q, sampling, generator))
         stats.accepted.append(accepted)
         stats.offered.append(len(drafts))
@@ -80,6 +93,11 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         emit(new)
         token = new[-1]
     return out
+
+
+def _point_mass(token: int, like: Tensor) -> Tensor:
+    """q of a deterministic draft: all mass on `token` ([V], like the logits row)."""
+    return torch.zeros_like(like, dtype=torch.float32).index_fill_(0, torch.tensor([token], device=like.device), 1.0)
 
 
 def _model_token(logits: Tensor, q: Optional[Tensor], sampling: Sampling, generator) -> int:

@@ -78,7 +78,8 @@ def evaluate(
         for index, example in enumerate(examples):
             prompt = torch.tensor([example.input_ids[: example.prompt_length]], device=model.device)
             with torch.no_grad():
-                new, stats = generate(model, prompt, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+                new, stats = generate(model, prompt, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos,
+                                      drafter="head")  # eval scores the head (bench measures the fastest drafter)
             if mode == "ar":
                 greedy_outputs.append(new)
             text = tokenizer.decode(new, skip_special_tokens=True)

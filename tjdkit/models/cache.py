@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tjdkit.fileio import atomic_directory, remove_stale_temp_dirs
+from tjdkit.fileio import atomic_directory, cache_root, remove_stale_temp_dirs  # noqa: F401 - cache_root: re-exported
 
 MANIFEST = "tjdkit-cache.json"
 StageCallback = Optional[Callable[[str], None]]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TJDKIT_CACHE") or Path.home() / ".cache" / "tjdkit").expanduser()
 
 
 def models_dir() -> Path:

@@ -20,9 +20,13 @@ MODE_NOTES = {
 
 def bench_table(result: dict, title: str) -> Table:
     notes = " · ".join(f"{mode}: {MODE_NOTES[mode]}" for mode in result["modes"])
+    baselines = result.get("baselines", {})
+    ratios = [(key, f"x {mode}") for key, mode in baselines.items()]  # e.g. ("speedup", "x hf")
+    if "speedup" in baselines:
+        notes += f" · x {baselines['speedup']}: tok/s over the fastest plain decoding in this run"
     table = Table(title=title, caption=notes)
-    for column in ("mode", "tok/s", "speedup", "ms/token", "s/prompt", "tok/fwd", "tau", "accepted by position",
-                   "peak MB", "= ar"):
+    for column in ("mode", "tok/s", *(name for _, name in ratios), "ms/token", "s/prompt", "tok/fwd", "tau",
+                   "accepted by position", "peak MB", "= ar"):
         table.add_column(column, justify="left" if column in ("mode", "accepted by position") else "right")
     parity = result.get("parity", {})
     for mode, row in result["modes"].items():
@@ -34,11 +38,12 @@ def bench_table(result: dict, title: str) -> Table:
         else:
             colour = "red" if same["lossless"] else "yellow"
             same_text = f"[{colour}]{same['identical_prompts']}/{len(result['per_prompt'])}[/]"
-        by_position = " ".join(f"{rate:.2f}" for rate in row.get("acceptance_by_position", [])) or "-"
+        rates = row.get("acceptance_by_position", [])  # lookup steps offer up to 10 drafts: the first 4 here, all in --json
+        by_position = " ".join(f"{rate:.2f}" for rate in rates[:4]) + (" …" if len(rates) > 4 else "") or "-"
         table.add_row(
             mode,
             f"{row['tokens_per_second']:.1f}",
-            f"{row['speedup']:.2f}x" if "speedup" in row else "-",
+            *(f"{row[key]:.2f}x" for key, _ in ratios),
             f"{row['ms_per_token']:.0f}",
             f"{row['seconds_per_prompt']:.1f}",
             f"{row['tokens_per_forward']:.2f}",
@@ -93,7 +98,8 @@ def head_run_display(console: Console) -> Iterator[Callable[[dict], None]]:
 
 
 def save_plot(result: dict, path: Path, title: str) -> None:
-    """Tokens/s by mode (with speedup labels) and verify's acceptance by draft position, as a PNG."""
+    """Tokens/s by mode (labelled with the speedup over the fastest plain decoding) and verify's
+    acceptance by draft position, as a PNG."""
     from tjdkit.ui.figures import pyplot, save_png
 
     plt = pyplot()
@@ -108,7 +114,8 @@ def save_plot(result: dict, path: Path, title: str) -> None:
             speed.annotate(f"{row['speedup']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                            ha="center", va="bottom", fontsize=9)
     speed.set_ylabel("tokens / s")
-    speed.set_title("decoding speed")
+    baseline = result.get("baselines", {}).get("speedup")
+    speed.set_title(f"decoding speed (labels: x {baseline})" if baseline else "decoding speed")
     if verify:
         rates = verify["acceptance_by_position"]
         accept = axes[0][1]

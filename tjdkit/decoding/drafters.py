@@ -1,0 +1,29 @@
+"""Where verify's drafts come from: the joint head, prompt lookup (the n-gram copy transformers
+ships, which needs no training and wins when the model repeats its context), or both.
+
+`lookup_drafts` is transformers' PromptLookupCandidateGenerator rule, written over a token list
+so tjdkit's own KV-cached loop can use it: the last n tokens (n = max_ngram .. 1) are looked up
+in the sequence, and the tokens after their first earlier occurrence are the drafts.
+"""
+
+from __future__ import annotations
+
+DRAFTERS = ("hybrid", "head", "lookup")  # hybrid: lookup where the context repeats, the head elsewhere
+LOOKUP_NGRAM = 2  # transformers' default max_matching_ngram_size
+LOOKUP_TOKENS = 10  # transformers' documented default for prompt_lookup_num_tokens
+
+
+def lookup_drafts(tokens: list[int], limit: int = LOOKUP_TOKENS, max_ngram: int = LOOKUP_NGRAM) -> list[int]:
+    """Up to `limit` tokens that followed the first earlier occurrence of the sequence's last
+    n-gram (the longest n <= max_ngram that occurs earlier); [] when none does."""
+    length = len(tokens)
+    if limit <= 0:
+        return []
+    for n in range(min(max_ngram, length - 1), 0, -1):
+        tail = tokens[length - n :]
+        for start in range(length - n):  # an occurrence that ends before the tail starts or overlaps it
+            if tokens[start : start + n] == tail:
+                follow = tokens[start + n : start + n + limit]
+                if follow:
+                    return follow
+    return []
