@@ -318,3 +318,13 @@ def test_fit_refuses_lora_up_front(tmp_path, tokenizer):
     with pytest.raises(TjdkitError, match="LoRA"):
         build(vocab_size=len(tokenizer)).fit(recipe, tmp_path / "run", tokenizer)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_subclass_must_bring_its_backbone():
+    """get_base_model and get_last_hidden_state are the subclass's to write: without them there is no TJD."""
+    class NoHiddenState(TJD):
+        def get_base_model(self, **model_kwargs):
+            return TinyLM(vocab_size=16, hidden=8)
+
+    with pytest.raises(TypeError, match="get_last_hidden_state"):
+        NoHiddenState(n_embd=8, vocab_size=16)

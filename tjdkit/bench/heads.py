@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -81,13 +82,9 @@ def resolve_head_run(
     model_obj, tokenizer = loaded if loaded is not None else (None, None)
     resume = has_trainer_state(partial / "last")
     if partial.exists() and not resume:  # killed before its first last/, or an older tjdkit's pickled state: start over
-        import shutil
-
         shutil.rmtree(partial)
     train(recipe, partial, model_obj, tokenizer, resume=resume, on_event=on_event)
     if final.exists():  # another process finished first: keep theirs
-        import shutil
-
         shutil.rmtree(partial, ignore_errors=True)
     else:
         os.replace(partial, final)

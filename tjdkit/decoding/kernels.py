@@ -12,6 +12,7 @@ TNOT) goes through `output_layer`, so the modes a benchmark compares share the s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -56,11 +57,15 @@ def _linear(layer: torch.nn.Linear, hidden: Tensor) -> Tensor:
     return layer(hidden.to(layer.weight.dtype))
 
 
+def _forced() -> Optional[str]:
+    forced = os.environ.get("TJDKIT_OUTPUT_KERNEL", "").strip().lower()
+    return forced if forced in KERNELS else None
+
+
 def choose_kernel(layer: torch.nn.Linear) -> str:
     """"linear" or "matmul" for this layer: forced by the environment, remembered, or measured now."""
-    forced = os.environ.get("TJDKIT_OUTPUT_KERNEL", "").strip().lower()
-    if forced in KERNELS:
-        return forced
+    if _forced():
+        return _forced()
     key = kernel_key(layer)
     if key not in _chosen:
         stored = _read_store().get(key, {})
@@ -75,9 +80,8 @@ def choose_kernel(layer: torch.nn.Linear) -> str:
 
 def chosen_kernel(layer: torch.nn.Module) -> Optional[str]:
     """The kernel this process uses for `layer`, if one was chosen (for reports); never measures."""
-    forced = os.environ.get("TJDKIT_OUTPUT_KERNEL", "").strip().lower()
-    if forced in KERNELS:
-        return forced
+    if _forced():
+        return _forced()
     return _chosen.get(kernel_key(layer)) if isinstance(layer, torch.nn.Linear) else None
 
 
@@ -112,7 +116,9 @@ def measure_kernels(layer: torch.nn.Linear, repeats: int = 3) -> dict[str, float
     return total
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_name() -> str:
+    """Read once: kernel_key runs on every decoding step."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:

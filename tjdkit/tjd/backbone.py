@@ -86,8 +86,7 @@ class _Backbone(nn.Module):
         object.__setattr__(self, "_tjd", tjd)  # not a submodule: the TJD holds the head
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, cache=None, use_cache: bool = False,
-                past_key_values=None, **_ignored) -> HiddenOutput:
-        cache = cache if cache is not None else past_key_values
+                **_ignored) -> HiddenOutput:
         if cache is None:
             return HiddenOutput(self._tjd.checked_hidden_state(input_ids, attention_mask))
         if not isinstance(cache, RecomputeCache):

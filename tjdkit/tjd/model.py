@@ -29,6 +29,7 @@ work on either. Decoding is batch size 1.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -54,7 +55,7 @@ class TJDOutput:
     windows: int
 
 
-class TJD(nn.Module):
+class TJD(nn.Module, metaclass=abc.ABCMeta):
     """A backbone (`self.base_model`) and a joint head (`self.head`).
 
     Subclasses bring the backbone: `get_base_model(**model_kwargs) -> nn.Module` and
@@ -112,11 +113,13 @@ class TJD(nn.Module):
 
     # ---- what subclasses provide ----------------------------------------------------------
 
+    @abc.abstractmethod
     def get_base_model(self, **model_kwargs) -> nn.Module:
-        raise NotImplementedError(f"{type(self).__name__} must define get_base_model(**model_kwargs) -> nn.Module")
+        """The backbone, built from model_kwargs; it becomes self.base_model."""
 
+    @abc.abstractmethod
     def get_last_hidden_state(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define get_last_hidden_state(input_ids, attention_mask) -> [B, T, D]")
+        """input_ids [B, T] -> the final, normed hidden states [B, T, D] (what the output layer sees)."""
 
     def get_output_embeddings(self) -> nn.Module:
         """The output layer: hidden [.., D] -> the backbone's own next-token logits [.., V]."""
