@@ -30,7 +30,7 @@ def small_bench_recipe(monkeypatch):
 def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_recipe):
     code, out, err = run_cli(*BENCH, "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"))
     assert code == 0, err
-    assert "training one with recipe bench-stemp" in " ".join(err.split())
+    assert "training one with recipe bench-sharegpt" in " ".join(err.split())  # chat text by default
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["head"]["trained_now"] and result["head"]["rank"] == 2 and result["head"]["horizon"] == 3
     assert list(result["modes"]) == ["ar", "hf", "draft", "verify", "lookup"]
@@ -50,6 +50,14 @@ def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_
     assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] >= 1
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "all lossless modes identical to ar" in out and "verify" in out
+    # float32 and the fast CPU format, timed in the same rotation; parity inside each format
+    assert result["dtype"] == "float32" and list(result["by_dtype"]) == ["float32", "fp16-weights"]
+    fast = result["by_dtype"]["fp16-weights"]
+    assert fast["outputs"]["verify"] == fast["outputs"]["ar"] == fast["outputs"]["lookup"]
+    assert all(row["identical"] for row in fast["parity"].values() if row["lossless"])
+    assert set(result["dtype_speedups"]["fp16-weights"]) == set(result["modes"])
+    assert result["dtype_agreement"]["fp16-weights"]["prompts"] == 2
+    assert "fp16-weights over float32" in " ".join(out.split())
 
     code, out, err = run_cli(*BENCH, "--modes", "ar,verify", "--json", str(tmp_path / "c.json"))
     assert code == 0, err

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tjdkit.decoding import kernels
+from tjdkit.kernels import linear as kernels
 
 
 @pytest.fixture(autouse=True)

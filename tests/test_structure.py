@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tjdkit"
 
 # Bottom to top: a part may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("errors", "fileio", "recipes", "config"),  # shared ground
+    ("errors", "fileio", "recipes", "config", "kernels"),  # shared ground
     ("data",),
     ("heads",),
     ("decoding",),

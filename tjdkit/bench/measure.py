@@ -9,7 +9,8 @@ from typing import Optional
 
 import torch
 
-from tjdkit.decoding.kernels import chosen_kernel
+from tjdkit.kernels import chosen_kernel
+from tjdkit.models.quantize import weight_format
 
 
 class PeakMemory:
@@ -79,7 +80,7 @@ def environment(model) -> dict:
     device = next(model.parameters()).device
     info = {
         "device": str(device),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": weight_format(model),  # fp16-weights for a quantised model
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),

@@ -32,15 +32,20 @@ ProgressCallback = Optional[Callable[[str, int, int], None]]
 # ---- prompts ------------------------------------------------------------------------------
 
 
-def bench_prompts(tokenizer, dataset: str, split: str, count: int, seed: int = 0) -> list[list[int]]:
-    """The first `count` prompts of the split, tokenised as training saw them."""
+def bench_prompts(tokenizer, dataset: str, split: str, count: int, seed: int = 0,
+                  max_prompt_tokens: int = 4096) -> list[list[int]]:
+    """The first `count` prompts of the split that fit in `max_prompt_tokens` (whole prompts, never
+    cut: a chat prompt longer than the model's context is skipped), tokenised as training saw them."""
     from tjdkit.config import DataSection
     from tjdkit.data.examples import load_examples
 
-    examples = load_examples(DataSection(dataset=dataset, eval_size=count, max_length=4096, seed=seed), tokenizer, split)
-    if not examples:
-        raise TjdkitError(f"no prompts in {dataset}/{split}")
-    return [example.input_ids[: example.prompt_length] for example in examples[:count]]
+    section = DataSection(dataset=dataset, eval_size=4 * count, max_length=max(max_prompt_tokens, 8) + 1, seed=seed)
+    examples = load_examples(section, tokenizer, split)
+    prompts = [example.input_ids[: example.prompt_length] for example in examples
+               if example.prompt_length <= max_prompt_tokens]
+    if not prompts:
+        raise TjdkitError(f"no prompts in {dataset}/{split} that fit in {max_prompt_tokens} tokens")
+    return prompts[:count]
 
 
 
@@ -99,6 +104,7 @@ class Run:
     accepted: list[int] = field(default_factory=list)
     offered: list[int] = field(default_factory=list)
     lookup_steps: int = 0
+    tree_steps: int = 0
 
 
 def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int], drafter: str) -> Run:
@@ -114,7 +120,7 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
             start = time.perf_counter()
             accepted: list[int] = []
             offered: list[int] = []
-            lookup_steps = 0
+            lookup_steps = tree_steps = 0
             with torch.inference_mode():
                 if mode in ("hf", "lookup"):
                     extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if mode == "lookup" else {}
@@ -131,13 +137,14 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
                 else:
                     tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos,
                                              drafter=drafter)
-                    accepted, offered, lookup_steps = stats.accepted, stats.offered, stats.lookup_steps
+                    accepted, offered = stats.accepted, stats.offered
+                    lookup_steps, tree_steps = stats.lookup_steps, stats.tree_steps
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
     finally:
         counter.close()
-    return Run(tokens, seconds, counter.count, memory.peak_bytes, accepted, offered, lookup_steps)
+    return Run(tokens, seconds, counter.count, memory.peak_bytes, accepted, offered, lookup_steps, tree_steps)
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -150,7 +157,7 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
     totals = DecodeStats(mode)
     for run in runs:
-        totals.add(len(run.tokens), run.forwards, run.seconds, run.accepted, run.offered, run.lookup_steps)
+        totals.add(len(run.tokens), run.forwards, run.seconds, run.accepted, run.offered, run.lookup_steps, run.tree_steps)
     row = {
         "new_tokens": totals.new_tokens,
         "seconds": totals.seconds,
@@ -166,6 +173,7 @@ def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
         row["acceptance_by_position"] = totals.acceptance_by_position()
         row["drafts_per_step"] = horizon - 1  # the head's; a lookup step offers up to LOOKUP_TOKENS
         row["lookup_share"] = totals.lookup_steps / totals.steps if totals.steps else 0.0  # steps drafted by lookup
+        row["tree_share"] = totals.tree_steps / totals.steps if totals.steps else 0.0  # of which the copy and the head as two branches
     return row
 
 
@@ -179,9 +187,18 @@ def run_bench(
     warmup_tokens: int = 16,
     on_progress: ProgressCallback = None,
     drafter: str = "hybrid",
+    variants: Optional[dict] = None,
 ) -> dict:
     """Time every mode on every prompt (interleaved, after a warm-up) -> the result dict.
-    `drafter`: where verify's drafts come from (tjdkit.decoding.drafters)."""
+
+    `drafter`: where verify's drafts come from (tjdkit.decoding.drafters). `variants`: other
+    weight formats of the same model ({"fp16-weights": model, ...}, tjdkit.models.quantize.weights_copy),
+    timed in the same rotation; the result's top level is `model`'s, `by_dtype` holds every
+    format's (ratios and parity inside its own format), `dtype_speedups` each format's tok/s
+    over `model`'s mode by mode, and `dtype_agreement` how many of a format's greedy outputs
+    equal `model`'s (fp16-weights and bfloat16 are close to float32, not equal)."""
+    from tjdkit.models.quantize import weight_format
+
     modes = parse_modes(modes, BENCH_MODES, what="bench mode")
     if drafter not in DRAFTERS:
         raise TjdkitError(f"unknown drafter {drafter!r} (choose from {', '.join(DRAFTERS)})")
@@ -191,30 +208,61 @@ def run_bench(
     report = on_progress or (lambda _stage, _done, _total: None)
     eos = [tokenizer.eos_token_id]
     horizon = head.horizon if head is not None else 1
+    models = {weight_format(model): model, **(variants or {})}
+    pairs = [(dtype, mode) for dtype in models for mode in modes]  # what one prompt runs, in rotation
 
-    for done, mode in enumerate(modes):
-        report("warm-up", done, len(modes))
-        _run_mode(model, head, mode, prompts[0], min(warmup_tokens, max_new_tokens), eos, drafter)
-    report("warm-up", len(modes), len(modes))
+    for done, (dtype, mode) in enumerate(pairs):
+        report("warm-up", done, len(pairs))
+        _run_mode(models[dtype], head, mode, prompts[0], min(warmup_tokens, max_new_tokens), eos, drafter)
+    report("warm-up", len(pairs), len(pairs))
 
-    runs: dict[str, list[Run]] = {mode: [] for mode in modes}
-    total = len(prompts) * len(modes)
+    runs: dict[tuple[str, str], list[Run]] = {pair: [] for pair in pairs}
+    total = len(prompts) * len(pairs)
     for index, prompt in enumerate(prompts):
-        order = modes[index % len(modes) :] + modes[: index % len(modes)]  # rotate: no mode always goes first
-        for position, mode in enumerate(order):
-            runs[mode].append(_run_mode(model, head, mode, prompt, max_new_tokens, eos, drafter))
-            report("bench", index * len(modes) + position + 1, total)
+        order = pairs[index % len(pairs) :] + pairs[: index % len(pairs)]  # rotate: no mode always goes first
+        for position, (dtype, mode) in enumerate(order):
+            runs[dtype, mode].append(_run_mode(models[dtype], head, mode, prompt, max_new_tokens, eos, drafter))
+            report("bench", index * len(pairs) + position + 1, total)
 
+    by_dtype = {dtype: _format_result(tokenizer, {mode: runs[dtype, mode] for mode in modes}, horizon)
+                for dtype in models}
+    first = next(iter(models))
+    result: dict = {"dtype": first, **by_dtype[first]}
+    if len(models) > 1:
+        result["by_dtype"] = by_dtype
+        result["dtype_speedups"] = {
+            dtype: {mode: _ratio(by_dtype[dtype]["modes"][mode], by_dtype[first]["modes"][mode]) for mode in modes}
+            for dtype in models if dtype != first
+        }
+        reference = next((mode for mode in ("ar", "hf") if mode in modes), None)  # plain greedy output
+        if reference:
+            result["dtype_agreement"] = {
+                dtype: {"mode": reference, "identical_prompts": sum(
+                    ours.tokens == theirs.tokens for ours, theirs in zip(runs[dtype, reference], runs[first, reference])
+                ), "prompts": len(prompts)}
+                for dtype in models if dtype != first
+            }
+    return result
+
+
+def _format_result(tokenizer, runs: dict[str, list[Run]], horizon: int) -> dict:
+    """One weight format's rows, baselines, parity against its own `ar`, and per-prompt numbers."""
+    modes = list(runs)
     result: dict = {"modes": {mode: _summary(mode, runs[mode], horizon) for mode in modes}}
     result["baselines"] = speedups(result["modes"])
     if "ar" in runs:
         result["parity"] = _parity(tokenizer, runs)
+    count = len(runs[modes[0]])
     result["per_prompt"] = [
         {mode: {"tokens": len(runs[mode][i].tokens), "seconds": runs[mode][i].seconds} for mode in modes}
-        for i in range(len(prompts))
+        for i in range(count)
     ]
-    result["outputs"] = {mode: [runs[mode][i].tokens for i in range(len(prompts))] for mode in modes}
+    result["outputs"] = {mode: [runs[mode][i].tokens for i in range(count)] for mode in modes}
     return result
+
+
+def _ratio(row: dict, base: dict) -> float:
+    return row["tokens_per_second"] / base["tokens_per_second"] if base["tokens_per_second"] else 0.0
 
 
 def speedups(rows: dict[str, dict]) -> dict[str, str]:

@@ -26,7 +26,8 @@ def bench(
     head: str = typer.Option("cp", "--head", help="Joint head: cp, mps or multihead."),
     rank: int = typer.Option(4, "--rank", min=1, help="CP rank / MPS bond dimension."),
     horizon: int = typer.Option(4, "--horizon", min=2, max=16, help="Tokens the head predicts per step."),
-    dataset: str = typer.Option("stemp", "--dataset", "-d", help="Prompts (and training data): stemp or sharegpt."),
+    dataset: str = typer.Option("sharegpt", "--dataset", "-d",
+                                help="Prompts (and the head's training data): sharegpt (chat) or stemp."),
     split: str = typer.Option("test", "--split", help="Which prompts: test (stemp also: mild, hard)."),
     prompts: Optional[int] = typer.Option(None, "--prompts", "-n", min=1,
                                           help="How many prompts (default: 5 of the dataset, all of --prompts-file)."),
@@ -37,6 +38,9 @@ def bench(
     drafter: str = typer.Option("hybrid", "--drafter",
                                 help="verify's drafts: hybrid (prompt lookup where the text repeats, else the head), head, lookup."),
     head_dir: Optional[Path] = typer.Option(None, "--head-dir", help="Use this trained run instead of the cached head."),
+    dtype: Optional[str] = typer.Option(None, "--dtype",
+                                        help="Weight formats timed side by side, comma-separated: float32, bfloat16, "
+                                             "fp16-weights (default: float32,fp16-weights on a CPU, auto on a GPU)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw tokens/s and acceptance to this PNG."),
     json_path: JsonOpt = None,
 ) -> None:
@@ -46,6 +50,7 @@ def bench(
     training it once with the bench-<dataset> recipe when there is none.
     """
     from tjdkit.bench.modes import NEEDS_HEAD
+    from tjdkit.bench.formats import load_dtype, parse_dtypes, weight_variants
     from tjdkit.data.sources import dataset_splits
     from tjdkit.data.splits import check_split
     from tjdkit.decoding import parse_modes
@@ -69,18 +74,20 @@ def bench(
 
         read_prompts_file(prompts_file)  # one clear line now, not after the model has loaded
 
+    dtypes = parse_dtypes(dtype)
     quiet_libraries()
     needs_head = any(mode in NEEDS_HEAD and not (mode == "verify" and drafter == "lookup") for mode in chosen)
     run_dir, trained = None, False
     if needs_head:
         run_dir, trained = _head_run(head_dir, model, head, rank, horizon, dataset)
-        run = load_run_with_progress(run_dir, model)
+        run = load_run_with_progress(run_dir, model, dtype=load_dtype(dtypes))
         loaded, tokenizer, joint_head, model_name = run.model, run.tokenizer, run.head, run.info["model"]
     else:
         model_name = model or "gemma3"
-        loaded, tokenizer = load_model_with_progress(model_name)
+        loaded, tokenizer = load_model_with_progress(model_name, load_dtype(dtypes))
         joint_head = None
-    _run_and_report(loaded, tokenizer, joint_head, model_name, run_dir, trained, dataset, split, prompts,
+    first, variants = weight_variants(loaded, dtypes)
+    _run_and_report(first, variants, tokenizer, joint_head, model_name, run_dir, trained, dataset, split, prompts,
                     prompts_file, chosen, max_new_tokens, plot, json_path, drafter)
 
 
@@ -99,30 +106,41 @@ def _head_run(head_dir, model, head, rank, horizon, dataset):
                                 loaded=lambda: load_model_with_progress(model_name), on_event=on_event)
 
 
-def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, dataset, split, count, prompts_file, modes,
+def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, trained, dataset, split, count, prompts_file, modes,
                     max_new_tokens, plot, json_path, drafter) -> None:
     from tjdkit.bench import bench_prompts, environment, file_prompts, run_bench
-    from tjdkit.ui.bench import bench_table, parity_lines, save_plot
+    from tjdkit.ui.bench import bench_table, dtype_lines, parity_lines, save_plot
     from tjdkit.ui.progress import stage_bars
 
     if prompts_file is not None:
         prompts, source = file_prompts(tokenizer, prompts_file, count), str(prompts_file)
     else:
-        prompts, source = bench_prompts(tokenizer, dataset, split, count or 5), f"{dataset}/{split}"
+        from tjdkit.decoding import context_length
+
+        room = (context_length(model) or 4096 + max_new_tokens) - max_new_tokens  # whole prompts that leave room to generate
+        prompts, source = bench_prompts(tokenizer, dataset, split, count or 5, max_prompt_tokens=min(room, 4096)), f"{dataset}/{split}"
     with stage_bars(stderr(), elapsed=True) as on_progress:
-        result = run_bench(model, tokenizer, head, prompts, modes, max_new_tokens, on_progress=on_progress, drafter=drafter)
+        result = run_bench(model, tokenizer, head, prompts, modes, max_new_tokens, on_progress=on_progress, drafter=drafter,
+                           variants=variants)
 
     env = environment(model)
     head_text = f"{head.name} head r{head.rank} H{head.horizon}" if head is not None else "no head"
     head_text += f" · {drafter} drafts" if "verify" in modes else ""
+    out = stdout()
+    by_dtype = result.get("by_dtype", {result["dtype"]: result})
+    for dtype_name, dtype_result in by_dtype.items():
+        title = (f"bench {model_name} · {head_text} · {source} · {len(prompts)} prompts x {max_new_tokens} "
+                 f"new tokens · greedy · {env['device']} {dtype_name}, {env['threads']} threads")
+        out.print(bench_table(dtype_result, title))
+        for line in parity_lines(dtype_result):
+            out.print(line)
+    for line in dtype_lines(result):
+        out.print(line)
+    parity = {f"{dtype_name} {mode}": row for dtype_name, dtype_result in by_dtype.items()
+              for mode, row in dtype_result.get("parity", {}).items()}
+    lossless_ok = all(p["identical"] for p in parity.values() if p["lossless"])
     title = (f"bench {model_name} · {head_text} · {source} · {len(prompts)} prompts x {max_new_tokens} "
              f"new tokens · greedy · {env['device']} {env['dtype']}, {env['threads']} threads")
-    out = stdout()
-    out.print(bench_table(result, title))
-    for line in parity_lines(result):
-        out.print(line)
-    parity = result.get("parity", {})
-    lossless_ok = all(p["identical"] for p in parity.values() if p["lossless"])
     if parity:
         verdict = "[green]all lossless modes identical to ar[/]" if lossless_ok else "[red]a lossless mode differs from ar[/]"
         out.print(verdict)
@@ -140,7 +158,7 @@ def _run_and_report(model, tokenizer, head, model_name, run_dir, trained, datase
         "decoding": "greedy",
         "drafter": drafter,  # verify's drafts
         "environment": env,
-        "parity": lossless_ok,  # every lossless mode's output identical to ar's on every prompt
+        "parity": lossless_ok,  # in every weight format, every lossless mode's output identical to its ar's on every prompt
         **{key: value for key, value in result.items() if key != "parity"},
-        "parity_by_mode": parity,
+        "parity_by_mode": result.get("parity", {}),
     })

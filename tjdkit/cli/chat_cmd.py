@@ -45,7 +45,7 @@ def chat(
     entropy_threshold: Optional[float] = typer.Option(None, "--entropy-threshold", help="TNOT's static trigger, nats (default: 3)."),
     adaptive: Optional[bool] = typer.Option(None, "--adaptive/--static", help="TNOT's adaptive threshold over the last 20 tokens."),
     steps: Optional[int] = typer.Option(None, "--steps", help="TNOT's AdamW steps on the delta (default: 3)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16, float16, or fp16-weights (CPU: float16 weights, float32 arithmetic; faster decoding)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     overrides: SetOpt = None,
 ) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 DRAFTERS = ("hybrid", "head", "lookup")  # hybrid: lookup where the context repeats, the head elsewhere
 LOOKUP_NGRAM = 2  # transformers' default max_matching_ngram_size
-LOOKUP_TOKENS = 10  # transformers' documented default for prompt_lookup_num_tokens
+LOOKUP_TOKENS = 10  # transformers' documented default for prompt_lookup_num_tokens (bench's `lookup` baseline)
+MAX_LOOKUP_TOKENS = 31  # verify's own lookup drafts: up to this many, as the measured forward costs say pay
 
 
 def lookup_drafts(tokens: list[int], limit: int = LOOKUP_TOKENS, max_ngram: int = LOOKUP_NGRAM) -> list[int]:

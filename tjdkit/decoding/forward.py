@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding.kernels import output_layer
+from tjdkit.kernels import output_layer
 
 
 def new_cache(model):
@@ -49,7 +49,7 @@ def raw_logits(model, hidden: Tensor) -> Tensor:
     """hidden [n, D] -> the output layer's logits [n, V] before any soft-capping, float32.
 
     The kernel (nn.Linear or one GEMM) is the one measured fastest on this CPU for this layer
-    (tjdkit.decoding.kernels); ar, draft, verify and TNOT all come through here, so the modes
+    (tjdkit.kernels); ar, draft, verify and TNOT all come through here, so the modes
     a benchmark compares share it.
     """
     return output_layer(model.get_output_embeddings(), hidden).float()

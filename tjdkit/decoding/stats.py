@@ -18,12 +18,14 @@ class DecodeStats:
     accepted: list[int] = field(default_factory=list)
     # verify / acceptance: drafts offered per verify forward (H-1, fewer near max_new_tokens).
     offered: list[int] = field(default_factory=list)
-    lookup_steps: int = 0  # verify: steps whose drafts came from prompt lookup, not the head
+    lookup_steps: int = 0  # verify: steps whose drafts came from prompt lookup, not the head (tree steps included)
+    tree_steps: int = 0  # verify: steps that verified the copy and the head's drafts as two branches
 
     def add(self, new_tokens: int, forwards: int, seconds: float, accepted: Iterable[int] = (),
-            offered: Iterable[int] = (), lookup_steps: int = 0) -> "DecodeStats":
+            offered: Iterable[int] = (), lookup_steps: int = 0, tree_steps: int = 0) -> "DecodeStats":
         """Sum another generation into these (bench and eval total a mode over many prompts)."""
         self.lookup_steps += lookup_steps
+        self.tree_steps += tree_steps
         self.new_tokens += new_tokens
         self.forwards += forwards
         self.seconds += seconds
@@ -32,7 +34,8 @@ class DecodeStats:
         return self
 
     def merge(self, other: "DecodeStats") -> "DecodeStats":
-        return self.add(other.new_tokens, other.forwards, other.seconds, other.accepted, other.offered, other.lookup_steps)
+        return self.add(other.new_tokens, other.forwards, other.seconds, other.accepted, other.offered, other.lookup_steps,
+                        other.tree_steps)
 
     @property
     def tokens_per_forward(self) -> float:

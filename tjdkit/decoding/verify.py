@@ -5,12 +5,21 @@ Drafts come from the joint head or from prompt lookup (tjdkit.decoding.drafters)
 drafts from the hidden state that predicted x, *conditioned on x* (`head.draft(first=x)`):
 its first position is already decided by the verifier, so a head of horizon H offers H-1
 drafts. Lookup offers the tokens that followed the context's last n-gram where it occurred
-before. Greedy: the drafts are accepted while they equal the model's argmax, then the model's
-own token follows (output identical to `ar`). Sampling: the speculative-sampling rule (accept
-with min(1, p/q), else resample from max(0, p - q) normalised; all accepted: a bonus token
-from p), with q the head's conditionals or, for a lookup draft, a point mass on it; so tokens
-follow the model's own distribution. Rejected drafts are cropped off the KV cache
-(sliding-window layers record their past for that).
+before, as many as pay on this machine: the length that maximises expected tokens per second
+under the measured cost of a forward of n tokens and the acceptance seen so far
+(tjdkit.decoding.costs).
+
+The hybrid drafter chooses each step, by the same measure (each drafter's acceptance in this
+generation so far, the measured forward costs), between the copy, the head's drafts, and,
+in greedy decoding, both at once: a two-branch token tree (x then the copy; x then the head's
+drafts) verified in one forward as a batch of two rows over the shared KV cache
+(transformers' `batch_repeat_interleave`); the branch with more accepted drafts is kept
+(`batch_select_indices`). Greedy: the drafts are accepted while they equal the model's argmax,
+then the model's own token follows (output identical to `ar`). Sampling: the
+speculative-sampling rule (accept with min(1, p/q), else resample from max(0, p - q)
+normalised; all accepted: a bonus token from p), with q the head's conditionals or, for a
+lookup draft, a point mass on it; so tokens follow the model's own distribution. Rejected
+drafts are cropped off the KV cache (sliding-window layers record their past for that).
 """
 
 from __future__ import annotations
@@ -20,17 +29,23 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding.drafters import LOOKUP_TOKENS, lookup_drafts
-from tjdkit.decoding.forward import hidden_and_logits, new_cache
+from tjdkit.decoding.costs import AcceptanceRate, best_draft_length, cost_at, expected_rate, forward_costs
+from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, lookup_drafts
+from tjdkit.decoding.forward import hidden_and_logits, new_cache, output_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
 
 def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, emit, drafter="head") -> list[int]:
     """Speculative decoding: one forward per step verifies the last drafts and feeds the next.
-    drafter: "head", "lookup", or "hybrid" (lookup where the context repeats, else the head)."""
+    drafter: "head", "lookup", or "hybrid" (per step: the copy, the head's drafts, or both as a tree)."""
     device = ids.device
     context = ids[0].tolist()  # the prompt, then every chosen token: what lookup searches
+    curve = forward_costs(model) if drafter != "head" else None  # ms per forward of n tokens, measured once
+    lookup_rate = AcceptanceRate()  # how far lookup's copies hold up in this generation
+    head_rate = AcceptanceRate()  # and the head's drafts
+    head_usable = drafter != "lookup" and head is not None and head.horizon > 1
     cache = new_cache(model)
+    tree_ok = sampling.greedy and hasattr(cache, "batch_repeat_interleave")  # two branches as two batch rows
     hidden, logits = hidden_and_logits(model, ids, cache, last_only=True)  # prefill: [T, D], [1, V]
     stats.forwards += 1
     cache.activate_past_recording()  # after the prefill: sliding-window layers keep what a rollback needs
@@ -42,13 +57,18 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     while token not in eos and len(out) < max_new_tokens:
         room = max_new_tokens - len(out)  # tokens this step may add: accepted drafts + the model's own
         first = torch.tensor([token], device=device)
-        drafts: list[int] = []
-        q = None  # [n, V]: the head's conditionals the drafts were drawn from; None for lookup (a point mass)
+        copy: list[int] = []
         if drafter != "head" and room > 1:
-            drafts = lookup_drafts(context + out, limit=min(LOOKUP_TOKENS, room - 1))
-            stats.lookup_steps += bool(drafts)
-        use_head = drafter != "lookup" and not drafts and head is not None and head.horizon > 1
-        if use_head and room > 1 and bool(head.in_vocab(first).all()):
+            limit = best_draft_length(curve, lookup_rate.rate, min(MAX_LOOKUP_TOKENS, room - 1))
+            copy = lookup_drafts(context + out, limit=limit)
+        can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
+        plan = _plan(curve, copy, can_draft, min(head.horizon - 1, room - 1) if can_draft else 0,
+                     lookup_rate.rate, head_rate.rate, tree_ok)
+        branches: list[list[int]] = []  # each: the drafts after `token`; [0] the copy when there is one
+        q = None  # [n, V]: the head's conditionals its drafts were drawn from (sampling); a copy is a point mass
+        if plan in ("lookup", "tree"):
+            branches.append(copy)
+        if plan in ("head", "tree"):
             drafted, q_all = head.draft(
                 state,
                 greedy=sampling.greedy,
@@ -58,41 +78,109 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
                 conditionals=not sampling.greedy,  # greedy acceptance compares tokens only
             )
             n = min(head.horizon - 1, room - 1)
-            drafts = drafted[0, 1 : 1 + n].tolist()
+            branches.append(drafted[0, 1 : 1 + n].tolist())
             q = q_all[0, 1 : 1 + n].to(device) if q_all is not None else None
-        feed = torch.tensor([[token] + drafts], dtype=ids.dtype, device=device)  # [1, 1 + n]
-        hidden, logits = hidden_and_logits(model, feed, cache)  # row j predicts the token after feed[j]
-        stats.forwards += 1
+        if plan == "tree" and branches[0][: len(branches[1])] == branches[1]:
+            plan, branches = "lookup", branches[:1]  # the head agrees with the copy: one branch holds both
+        if not branches:
+            branches = [[]]
+        stats.lookup_steps += plan in ("lookup", "tree")
+        stats.tree_steps += plan == "tree"
 
-        new: list[int] = []
-        for j, draft in enumerate(drafts):
-            row = sampling.penalise(logits[j], penalty_context(ids, out + new))
-            if sampling.greedy:
-                ok = int(row.argmax()) == draft
-            else:
-                u = float(torch.rand((), generator=generator))
-                q_draft = float(q[j, draft]) if q is not None else 1.0  # a lookup draft: q is a point mass on it
-                ok = u * q_draft < float(sampling.probs(row)[draft])  # u < min(1, p/q)
-            if not ok:
-                break
-            new.append(draft)
-            if draft in eos:
-                break
-        accepted = len(new)
-        if not (new and new[-1] in eos):
-            row = sampling.penalise(logits[accepted], penalty_context(ids, out + new))
-            rejected_q = None
-            if accepted < len(drafts):  # the draft at `accepted` was rejected: resample from the residual
-                rejected_q = q[accepted] if q is not None else _point_mass(drafts[accepted], row)
-            new.append(_model_token(row, rejected_q, sampling, generator))
+        if plan == "tree":
+            kept, new, accepted, hidden, both = _verify_tree(model, cache, token, branches, ids, out, eos, sampling)
+            drafts = branches[kept]
+            looked_up = kept == 0
+            (head_rate if looked_up else lookup_rate).update(both[1 - kept], len(branches[1 - kept]))  # the other branch
+        else:
+            drafts = branches[0]
+            looked_up = plan == "lookup"
+            feed = torch.tensor([[token] + drafts], dtype=ids.dtype, device=device)  # [1, 1 + n]
+            hidden, logits = hidden_and_logits(model, feed, cache)  # row j predicts the token after feed[j]
+            new, accepted = _accept(logits, drafts, None if looked_up else q, ids, out, eos, sampling, generator)
+            cache.crop(-(len(drafts) - accepted))  # drop rejected drafts; crop(0) trims sliding windows
+        stats.forwards += 1
+        (lookup_rate if looked_up else head_rate).update(accepted, len(drafts))
         stats.accepted.append(accepted)
         stats.offered.append(len(drafts))
-        cache.crop(-(len(drafts) - accepted))  # drop rejected drafts; crop(0) trims sliding windows
         state = hidden[accepted : accepted + 1]  # [1, D]: predicted new[-1]
         out += new
         emit(new)
         token = new[-1]
     return out
+
+
+def _plan(curve, copy: list[int], can_draft: bool, head_drafts: int, lookup_rate: float, head_rate: float,
+          tree_ok: bool) -> str:
+    """This step's drafts: "lookup", "head", "tree" (both, two batch rows) or "none", whichever
+    promises the most tokens per millisecond (tjdkit.decoding.costs); the copy when there is no curve."""
+    if not copy:
+        return "head" if can_draft else "none"
+    if not can_draft:
+        return "lookup"
+    rates = {
+        "lookup": expected_rate(curve, lookup_rate, len(copy)),
+        "head": expected_rate(curve, head_rate, head_drafts),
+    }
+    if tree_ok:
+        # the copy's tokens, plus the head's where the copy fails at its first draft; a batch of two rows
+        # of 1 + m tokens costs about a forward of 2 (1 + m) tokens on the machines measured
+        lookup_tokens = rates["lookup"] * cost_at(curve, 1 + len(copy))
+        head_extra = rates["head"] * cost_at(curve, 1 + head_drafts) - 1
+        width = 1 + max(len(copy), head_drafts)
+        rates["tree"] = (lookup_tokens + (1 - lookup_rate) * head_extra) / cost_at(curve, 2 * width)
+    return max(rates, key=rates.get)  # a tie keeps the copy
+
+
+def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: list[int], eos, sampling: Sampling,
+            generator) -> tuple[list[int], int]:
+    """The drafts the model accepts, then its own token -> (new tokens, accepted drafts).
+    logits [1 + n, V]: row j predicts the token after the j-th fed token. q: the head's
+    conditionals [n, V] (sampling), None for a copy (a point mass)."""
+    new: list[int] = []
+    for j, draft in enumerate(drafts):
+        row = sampling.penalise(logits[j], penalty_context(ids, out + new))
+        if sampling.greedy:
+            ok = int(row.argmax()) == draft
+        else:
+            u = float(torch.rand((), generator=generator))
+            q_draft = float(q[j, draft]) if q is not None else 1.0  # a lookup draft: q is a point mass on it
+            ok = u * q_draft < float(sampling.probs(row)[draft])  # u < min(1, p/q)
+        if not ok:
+            break
+        new.append(draft)
+        if draft in eos:
+            break
+    accepted = len(new)
+    if not (new and new[-1] in eos):
+        row = sampling.penalise(logits[accepted], penalty_context(ids, out + new))
+        rejected_q = None
+        if accepted < len(drafts):  # the draft at `accepted` was rejected: resample from the residual
+            rejected_q = q[accepted] if q is not None else _point_mass(drafts[accepted], row)
+        new.append(_model_token(row, rejected_q, sampling, generator))
+    return new, accepted
+
+
+def _verify_tree(model, cache, token: int, branches: list[list[int]], ids, out: list[int], eos, sampling: Sampling):
+    """Greedy verification of two branches after `token` in one forward: the cache is repeated to two
+    batch rows, each row feeds [token, its drafts] (the shorter padded at its end, where nothing
+    attends to the padding), and the row with more accepted drafts is kept, its rejected drafts and
+    padding cropped. -> (kept branch, new tokens, accepted drafts, that row's hidden states [1 + m, D],
+    the drafts each branch had accepted)."""
+    width = 1 + max(len(branch) for branch in branches)
+    rows = [[token] + branch + [token] * (width - 1 - len(branch)) for branch in branches]
+    cache.batch_repeat_interleave(len(rows))
+    feed = torch.tensor(rows, dtype=ids.dtype, device=ids.device)  # [2, 1 + m]
+    hidden = model.base_model(input_ids=feed, cache=cache, use_cache=True).last_hidden_state  # [2, 1 + m, D]
+    results = []
+    for index, branch in enumerate(branches):
+        logits = output_logits(model, hidden[index, : 1 + len(branch)])  # [1 + n, V]
+        results.append(_accept(logits, branch, None, ids, out, eos, sampling, None))
+    kept = max(range(len(branches)), key=lambda index: results[index][1])  # a tie keeps the copy
+    cache.batch_select_indices(torch.tensor([kept], device=ids.device))
+    new, accepted = results[kept]
+    cache.crop(-(width - 1 - accepted))  # the kept row's rejected drafts and padding
+    return kept, new, accepted, hidden[kept], [result[1] for result in results]
 
 
 def _point_mass(token: int, like: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from tjdkit.config import FactorizeSection
 from tjdkit.errors import TjdkitError
+from tjdkit.models.quantize import refuse_quantized
 
 Method = Literal["tucker", "tpa"]
 METHODS = ("tucker", "tpa")
@@ -140,6 +141,7 @@ def factorize_model(
 
     if options.method not in METHODS:
         raise TjdkitError(f"unknown method '{options.method}' (choose from {', '.join(METHODS)})")
+    refuse_quantized(model, "factorising attention")
     layers = decoder_layers(model)
     chosen = parse_layers(options.layers, len(layers))
     specs = _layer_specs(options, chosen)

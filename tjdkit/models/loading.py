@@ -67,7 +67,7 @@ def resolve_dtype(dtype: Any = "auto", device: Any = None) -> "Any":
     aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
     name = aliases.get(str(dtype), str(dtype))
     if name not in DTYPES:
-        raise TjdkitError(f"unknown dtype '{dtype}' (use auto, {', '.join(DTYPES)})")
+        raise TjdkitError(f"unknown dtype '{dtype}' (use auto, {', '.join(DTYPES)}, or fp16-weights to decode on the CPU)")
     return getattr(torch, name)
 
 
@@ -83,9 +83,16 @@ def load_model(
     `seed` only matters for the tiny random presets. `on_stage` receives short status
     texts during slow work (the one-time GGUF conversion).
     """
+    import torch
+
+    from tjdkit.models.quantize import WEIGHT_FORMATS, quantize_weights
+
     resolved = resolve_model(name_or_path)
     torch_device = resolve_device(device) if isinstance(device, str) else device
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    quantized = isinstance(dtype, str) and dtype in WEIGHT_FORMATS  # loaded in float32, then quantised
+    if quantized and torch.device(torch_device).type != "cpu":
+        raise TjdkitError(f"{dtype} is a CPU path: on a GPU use --dtype bfloat16")
+    torch_dtype = torch.float32 if quantized else resolve_dtype(dtype, torch_device)
     if resolved.kind == "tiny":
         from tjdkit.models.tiny import build_tiny
 
@@ -115,6 +122,8 @@ def load_model(
         model, tokenizer = _from_hub(resolved, torch_dtype)
     model = model.to(torch_device)
     model.eval()
+    if quantized:
+        quantize_weights(model)
     return model, tokenizer
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from tjdkit.decoding import Sampling, apply_soft_cap, fit_to_context, new_cache, raw_logits, soft_cap_value
 from tjdkit.errors import TjdkitError
+from tjdkit.models.quantize import refuse_quantized
 from tjdkit.tnot.config import TnotConfig
 from tjdkit.tnot.delta import fit_delta
 from tjdkit.tnot.trigger import EntropyMonitor, entropy
@@ -148,6 +149,7 @@ def tnot_generate(
     as soon as it is chosen.
     """
     config = (config or TnotConfig()).check()
+    refuse_quantized(model, "TNOT (it fits a delta by gradient descent)")
     sampling = sampling or Sampling()
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise TjdkitError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")

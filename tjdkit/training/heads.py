@@ -26,6 +26,7 @@ from tjdkit.training.loop import EventCallback, epoch_order, lr_factor, read_res
 from tjdkit.recipes import dump_recipe
 from tjdkit.training.runs import save_checkpoint
 from tjdkit.heads.windows import last_hidden, make_windows, window_loss
+from tjdkit.models.quantize import refuse_quantized
 
 # -- the head on its model --------------------------------------------------------------
 
@@ -118,6 +119,18 @@ def loss_offset(seed: int, step: int, horizon: int) -> int:
     return random.Random(seed * 7_919 + step).randrange(horizon)
 
 
+def distill_model(model, weights: str):
+    """The model that writes the distilled text: `model` itself, or a float16-weights copy of it
+    (fp16-weights, on the CPU; the backbone stays float32 for the features the head trains on)."""
+    if weights == "same":
+        return model
+    if model.device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
+        return model  # the fast CPU format applies to float32 on the CPU only; elsewhere the model is fast already
+    from tjdkit.models.quantize import weights_copy
+
+    return weights_copy(model, weights)
+
+
 # -- training --------------------------------------------------------------------------------
 
 
@@ -154,6 +167,7 @@ def train(
         from tjdkit.models import load_model
 
         model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=recipe.model.device)
+    refuse_quantized(model, "training a head")
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=model.device.type == "cpu")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -167,9 +181,12 @@ def train(
     if recipe.data.self_distill:
         report = lambda done, total: emit({"kind": "distill", "done": done, "total": total})  # noqa: E731
         distill = dict(new_tokens=recipe.data.distill_tokens, max_length=recipe.data.max_length)
-        train_examples = self_distill(model, tokenizer, train_examples, t.batch_size, report, **distill)
+        writer = distill_model(model, recipe.data.distill_weights)
+        batch = recipe.data.distill_batch_size or t.batch_size
+        train_examples = self_distill(writer, tokenizer, train_examples, batch, report, **distill)
         # Checkpoints are chosen on held-out NLL: of the same kind of target the head trains on.
-        eval_examples = self_distill(model, tokenizer, eval_examples, t.batch_size, **distill)
+        eval_examples = self_distill(writer, tokenizer, eval_examples, batch, **distill)
+        del writer
     vocab_ids = None
     vocab_size = model.get_output_embeddings().weight.shape[0]
     if recipe.head.draft_vocab and recipe.head.draft_vocab < vocab_size:  # else: the whole vocabulary

@@ -164,11 +164,15 @@ class LoadedRun:
 def load_run(run_dir: str | Path, which: str = "best", dtype: str = "auto", device: str = "auto") -> LoadedRun:
     """The base model with the run's backbone weights, its tokenizer, and the trained head."""
     from tjdkit.models import load_model
+    from tjdkit.models.quantize import WEIGHT_FORMATS, quantize_weights
 
     directory = checkpoint_dir(run_dir, which)
     info = read_checkpoint(directory)
-    model, tokenizer = load_model(info["model"], dtype=dtype, device=device)
+    quantized = dtype in WEIGHT_FORMATS  # the run's backbone weights go in first, then the weights are quantised
+    model, tokenizer = load_model(info["model"], dtype="float32" if quantized else dtype, device=device)
     model = apply_backbone(model, directory, info).eval()
+    if quantized:
+        quantize_weights(model)
     head = load_head(directory, model.device)
     return LoadedRun(model, tokenizer, head, info, directory)
 

@@ -68,6 +68,21 @@ def parity_lines(result: dict) -> list[str]:
     return lines
 
 
+def dtype_lines(result: dict) -> list[str]:
+    """Each other weight format against the first, mode by mode, and whether its greedy output is the first's."""
+    first = result.get("dtype", "")
+    lines = []
+    for dtype, ratios in result.get("dtype_speedups", {}).items():
+        text = " · ".join(f"{mode} {ratio:.2f}x" for mode, ratio in ratios.items())
+        line = f"{dtype} over {first}, tok/s mode by mode: {text}"
+        agreement = result.get("dtype_agreement", {}).get(dtype)
+        if agreement:
+            line += (f"; {dtype}'s greedy output equals {first}'s on {agreement['identical_prompts']}/{agreement['prompts']}"
+                     f" prompts ({dtype} is a close, not an equal model: lossless modes are checked inside each format)")
+        lines.append(line)
+    return lines
+
+
 @contextlib.contextmanager
 def head_run_display(console: Console) -> Iterator[Callable[[dict], None]]:
     """Yields resolve_head_run's `on_event`: says which cached head bench uses, or that it trains one

@@ -10,7 +10,8 @@ def reply_stats_line(reply) -> str:
     decoding = ""
     stats = reply.stats
     if stats is not None and stats.mode == "verify":
-        by_position = " ".join(f"{rate:.2f}" for rate in stats.acceptance_by_position()) or "-"
+        rates = stats.acceptance_by_position()  # lookup copies can offer up to 31 drafts: the first 4 here
+        by_position = " ".join(f"{rate:.2f}" for rate in rates[:4]) + (" …" if len(rates) > 4 else "") or "-"
         decoding = f" · {stats.forwards} forwards · tau {stats.tau:.2f} · acceptance by position {by_position}"
     elif stats is not None:
         decoding = f" · {stats.forwards} forwards · {stats.tokens_per_forward:.2f} tokens/forward (draft, lossy)"

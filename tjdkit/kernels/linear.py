@@ -3,19 +3,17 @@
 For the few rows a decoding step has, `weight @ hidden^T` (one GEMM) and nn.Linear's own path
 differ by 2x and more on a large vocabulary, in either direction depending on the CPU: on one
 machine the GEMM ran Gemma 3's output layer 2x faster, on another 2.5x slower. So the first
-time a layer is seen, both kernels run on 1, 4 and 16 rows (interleaved, after a warm-up) and
+time a layer is seen, both kernels run on 1, 4, 16 and 32 rows (interleaved, after a warm-up) and
 the faster in total is kept: for the process, and in `<cache>/kernels.json` for the machine
 (keyed by CPU, threads, torch version, dtype and shape), so later runs do not measure again.
 `TJDKIT_OUTPUT_KERNEL=linear|matmul` forces one. Every tjdkit decoding path (ar, draft, verify,
-TNOT) goes through `output_layer`, so the modes a benchmark compares share the same kernel.
+TNOT) goes through `output_layer`, so the modes a benchmark compares share the same kernel; a
+joint head's decoder (a smaller vocabulary) gets its own measured choice when it drafts.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import platform
 import statistics
 import time
 from typing import Optional
@@ -23,9 +21,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from tjdkit.kernels.store import machine_key, read_store, write_store
+
 KERNELS = ("linear", "matmul")
-MAX_ROWS = 16  # more rows than this: nn.Linear (a real GEMM either way)
-MEASURED_ROWS = (1, 4, 16)  # ar steps, verify steps at H = 4, long drafts
+MAX_ROWS = 32  # more rows than this: nn.Linear (a real GEMM either way)
+MEASURED_ROWS = (1, 4, 16, 32)  # ar steps, verify steps at H = 4, long drafts, a head's components
 STORE = "kernels.json"
 
 _chosen: dict[str, str] = {}  # this process's choices, by kernel_key
@@ -68,13 +68,13 @@ def choose_kernel(layer: torch.nn.Linear) -> str:
         return _forced()
     key = kernel_key(layer)
     if key not in _chosen:
-        stored = _read_store().get(key, {})
+        stored = read_store(STORE).get(key, {})
         if isinstance(stored, dict) and stored.get("kernel") in KERNELS:
             _chosen[key] = stored["kernel"]
         else:
             milliseconds = measure_kernels(layer)
             _chosen[key] = min(KERNELS, key=lambda kernel: milliseconds[kernel])
-            _write_store(key, {"kernel": _chosen[key], "ms": milliseconds, "rows": list(MEASURED_ROWS)})
+            write_store(STORE, key, {"kernel": _chosen[key], "ms": milliseconds, "rows": list(MEASURED_ROWS)})
     return _chosen[key]
 
 
@@ -89,8 +89,7 @@ def kernel_key(layer: torch.nn.Linear) -> str:
     """What a measurement holds for: the CPU, threads, torch, and the layer's dtype and shape."""
     rows, columns = layer.weight.shape
     return "|".join([
-        _cpu_name(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}",
-        str(layer.weight.dtype).replace("torch.", ""), f"{rows}x{columns}", f"bias={layer.bias is not None}",
+        machine_key(), str(layer.weight.dtype).replace("torch.", ""), f"{rows}x{columns}", f"bias={layer.bias is not None}",
     ])
 
 
@@ -114,43 +113,3 @@ def measure_kernels(layer: torch.nn.Linear, repeats: int = 3) -> dict[str, float
         for kernel in KERNELS:
             total[kernel] += 1000 * statistics.median(times[kernel])
     return total
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_name() -> str:
-    """Read once: kernel_key runs on every decoding step."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _store_path():
-    from tjdkit.fileio import cache_root
-
-    return cache_root() / STORE
-
-
-def _read_store() -> dict:
-    try:
-        data = json.loads(_store_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_store(key: str, entry: dict) -> None:
-    """Remember a measurement for later processes; a cache that cannot be written only costs a re-measure."""
-    from tjdkit.errors import TjdkitError
-    from tjdkit.fileio import atomic_write_text
-
-    data = _read_store()
-    data[key] = entry
-    try:
-        atomic_write_text(_store_path(), json.dumps(data, indent=2, sort_keys=True) + "\n")
-    except (OSError, TjdkitError):  # read-only or full disk (fileio reports those as TjdkitError)
-        pass
