@@ -110,7 +110,10 @@ def test_new_drafters_and_fp16_weights_on_gemma_are_greedy_ar_token_for_token(ge
                       lm_head_weight=weight).eval()
     fast = weights_copy(model, "fp16-weights")
     messages = [{"role": "user", "content": "List the days of the week, then list them again in reverse order."}]
-    chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    from tjdkit.data.chat_template import GEMMA_CHAT_TEMPLATE
+
+    chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
+                                         chat_template=tokenizer.chat_template or GEMMA_CHAT_TEMPLATE)
     for ids in (chat["input_ids"], tokenizer("def add(a, b):\n    return a + b\n\ndef sub(a, b):", return_tensors="pt").input_ids):
         for weights in (model, fast):
             reference, _ = generate(weights, ids, mode="ar", max_new_tokens=64)
