@@ -7,26 +7,27 @@ from typing import Optional
 
 from tjdkit.errors import TjdkitError
 
-FORMATS = ("float32", "bfloat16", "float16", "fp16-weights")
-ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp16w": "fp16-weights"}
+FORMATS = ("float32", "bfloat16", "float16", "fp16-weights")  # torch dtypes (and their aliases), or tjdkit's CPU format
 
 
 def parse_dtypes(text: Optional[str]) -> tuple[str, ...]:
     """--dtype "float32,fp16-weights" -> ("float32", "fp16-weights"); None -> those two on a CPU, the GPU's auto dtype on a GPU."""
     from tjdkit.models import resolve_device, resolve_dtype
+    from tjdkit.models.quantize import WEIGHT_FORMATS
 
     device = resolve_device("auto")
     if text is None:
         return ("float32", "fp16-weights") if device.type == "cpu" else (_name(resolve_dtype("auto", device)),)
     names: list[str] = []
     for part in filter(str.strip, text.split(",")):
-        name = ALIASES.get(part.strip().lower(), part.strip().lower())
-        if name == "auto":
-            name = _name(resolve_dtype("auto", device))
-        if name not in FORMATS:
-            raise TjdkitError(f"unknown --dtype {part.strip()!r} (use {', '.join(FORMATS)}, comma-separated)")
-        if name == "fp16-weights" and device.type != "cpu":
-            raise TjdkitError("fp16-weights is a CPU path: on a GPU use --dtype bfloat16")
+        name = part.strip().lower()
+        if name not in WEIGHT_FORMATS:
+            try:
+                name = _name(resolve_dtype(name, device))  # auto, fp32, bf16, ... as everywhere else
+            except TjdkitError:
+                raise TjdkitError(f"unknown --dtype {part.strip()!r} (use {', '.join(FORMATS)}, comma-separated)") from None
+        elif device.type != "cpu":
+            raise TjdkitError(f"{name} is a CPU path: on a GPU use --dtype bfloat16")
         if name not in names:
             names.append(name)
     if not names:

@@ -126,12 +126,14 @@ def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, train
     env = environment(model)
     head_text = f"{head.name} head r{head.rank} H{head.horizon}" if head is not None else "no head"
     head_text += f" · {drafter} drafts" if "verify" in modes else ""
+    def title(dtype_name: str) -> str:
+        return (f"bench {model_name} · {head_text} · {source} · {len(prompts)} prompts x {max_new_tokens} "
+                f"new tokens · greedy · {env['device']} {dtype_name}, {env['threads']} threads")
+
     out = stdout()
     by_dtype = result.get("by_dtype", {result["dtype"]: result})
     for dtype_name, dtype_result in by_dtype.items():
-        title = (f"bench {model_name} · {head_text} · {source} · {len(prompts)} prompts x {max_new_tokens} "
-                 f"new tokens · greedy · {env['device']} {dtype_name}, {env['threads']} threads")
-        out.print(bench_table(dtype_result, title))
+        out.print(bench_table(dtype_result, title(dtype_name)))
         for line in parity_lines(dtype_result):
             out.print(line)
     for line in dtype_lines(result):
@@ -139,13 +141,11 @@ def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, train
     parity = {f"{dtype_name} {mode}": row for dtype_name, dtype_result in by_dtype.items()
               for mode, row in dtype_result.get("parity", {}).items()}
     lossless_ok = all(p["identical"] for p in parity.values() if p["lossless"])
-    title = (f"bench {model_name} · {head_text} · {source} · {len(prompts)} prompts x {max_new_tokens} "
-             f"new tokens · greedy · {env['device']} {env['dtype']}, {env['threads']} threads")
     if parity:
         verdict = "[green]all lossless modes identical to ar[/]" if lossless_ok else "[red]a lossless mode differs from ar[/]"
         out.print(verdict)
     if plot is not None:
-        save_plot(result, plot, title)
+        save_plot(result, plot, title(env['dtype']))
         stderr().print(f"[dim]wrote {plot}[/]")
     write_json(json_path, {
         "model": model_name,

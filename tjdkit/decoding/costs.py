@@ -2,7 +2,7 @@
 
 Verification feeds 1 + k tokens per forward. Whether k = 10 beats k = 3 depends on how the
 forward's time grows with the tokens fed, which differs by machine and weight format: float32
-on a 2-core AVX2 CPU took 75 ms for 1 token and 169 ms for 16; fp16-weights 31 and 57 ms; a GPU
+on a 2-core AVX2 CPU took 75 ms for 1 token and 169 ms for 16, int8 weights 31 and 57 ms; a GPU
 is nearly flat. So the curve is measured once per machine and model (KV-cached forwards after a
 64-token context, the median of a few interleaved runs, in `<cache>/forward_costs.json`), and
 the draft length maximises expected tokens per second: with each draft token accepted with
@@ -50,12 +50,13 @@ def forward_costs(model) -> dict[int, float]:
 @torch.inference_mode()
 def measure_forward_costs(model, repeats: int = 3) -> dict[int, float]:
     """Median milliseconds of a KV-cached forward of n tokens after CONTEXT tokens, n in SIZES."""
+    from tjdkit.decoding.context import context_length
     from tjdkit.decoding.forward import hidden_and_logits, new_cache
 
     device = next(model.parameters()).device
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
-    context = min(CONTEXT, _room(model) - max(SIZES))
+    context = min(CONTEXT, (context_length(model) or 4096) - max(SIZES))
     cache = new_cache(model)
     hidden_and_logits(model, torch.randint(vocab, (1, context), generator=generator).to(device), cache, last_only=True)
     if hasattr(cache, "activate_past_recording"):
@@ -74,12 +75,6 @@ def measure_forward_costs(model, repeats: int = 3) -> dict[int, float]:
                 times[n].append(1000 * (time.perf_counter() - start))
             cache.crop(-n)
     return {n: statistics.median(values) for n, values in times.items()}
-
-
-def _room(model) -> int:
-    """Positions the model can take (its context), for tiny models with short contexts."""
-    config = model.config.get_text_config()
-    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 4096)
 
 
 def cost_at(curve: dict[int, float], n: int) -> float:

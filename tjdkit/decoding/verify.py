@@ -62,8 +62,8 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
             limit = best_draft_length(curve, lookup_rate.rate, min(MAX_LOOKUP_TOKENS, room - 1))
             copy = lookup_drafts(context + out, limit=limit)
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
-        plan = _plan(curve, copy, can_draft, min(head.horizon - 1, room - 1) if can_draft else 0,
-                     lookup_rate.rate, head_rate.rate, tree_ok)
+        head_drafts = min(head.horizon - 1, room - 1) if can_draft else 0
+        plan = _plan(curve, copy, can_draft, head_drafts, lookup_rate.rate, head_rate.rate, tree_ok)
         branches: list[list[int]] = []  # each: the drafts after `token`; [0] the copy when there is one
         q = None  # [n, V]: the head's conditionals its drafts were drawn from (sampling); a copy is a point mass
         if plan in ("lookup", "tree"):
@@ -77,9 +77,8 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
                 first=first,
                 conditionals=not sampling.greedy,  # greedy acceptance compares tokens only
             )
-            n = min(head.horizon - 1, room - 1)
-            branches.append(drafted[0, 1 : 1 + n].tolist())
-            q = q_all[0, 1 : 1 + n].to(device) if q_all is not None else None
+            branches.append(drafted[0, 1 : 1 + head_drafts].tolist())
+            q = q_all[0, 1 : 1 + head_drafts].to(device) if q_all is not None else None
         if plan == "tree" and branches[0][: len(branches[1])] == branches[1]:
             plan, branches = "lookup", branches[:1]  # the head agrees with the copy: one branch holds both
         if not branches:
