@@ -16,54 +16,139 @@ def fresh_curves(monkeypatch):
     monkeypatch.setattr(costs, "_costs", {})
 
 
-def test_cost_at_interpolates_and_extends_the_last_slope():
-    curve = {1: 10.0, 2: 12.0, 4: 20.0, 8: 20.0}
-    assert costs.cost_at(curve, 2) == 12.0 and costs.cost_at(curve, 3) == 16.0 and costs.cost_at(curve, 6) == 20.0
-    assert costs.cost_at({1: 10.0, 4: 16.0}, 7) == 22.0 and costs.cost_at(curve, 0) == 10.0
+def flat(ms: float = 100.0) -> costs.ForwardCosts:
+    """Every size costs the same (a GPU-like curve)."""
+    return costs.ForwardCosts({n: ms for n in costs.SIZES}, {n: ms / 100 for n in costs.SIZES})
 
 
-def test_best_draft_length_is_the_brute_force_argmax():
-    rng = random.Random(0)
-    for _ in range(200):
-        points = sorted(rng.sample(range(1, 40), 5))
+def steep(ms_per_token: float = 100.0) -> costs.ForwardCosts:
+    """Every token and every output row adds the same time (a steep CPU-like curve)."""
+    return costs.ForwardCosts({n: ms_per_token * n for n in costs.SIZES}, {n: ms_per_token * n for n in costs.SIZES})
+
+
+def random_costs(rng) -> costs.ForwardCosts:
+    parts = []
+    for _ in range(2):
         total, curve = 0.0, {}
-        for n in points:
+        for n in costs.SIZES:
             total += rng.uniform(0.1, 20.0)
             curve[n] = total
-        accept, limit = rng.random(), rng.randint(1, 31)
-        rates = {k: sum(accept**i for i in range(k + 1)) / costs.cost_at(curve, 1 + k) for k in range(1, limit + 1)}
-        best = costs.best_draft_length(curve, accept, limit)
-        assert rates[best] == pytest.approx(max(rates.values()))
-    assert costs.best_draft_length(curve, 0.5, 0) == 0
+        parts.append(curve)
+    return costs.ForwardCosts(*parts)
+
+
+def test_interpolate_is_linear_between_sizes_and_extends_the_last_slope():
+    curve = {1: 10.0, 2: 12.0, 4: 20.0, 8: 20.0}
+    assert costs.interpolate(curve, 2) == 12.0 and costs.interpolate(curve, 3) == 16.0 and costs.interpolate(curve, 6) == 20.0
+    assert costs.interpolate({1: 10.0, 4: 16.0}, 7) == 22.0 and costs.interpolate(curve, 0) == 10.0
+    table = steep(3.0)
+    assert [table.layers_ms(n) for n in (1, 5, 40, 70)] == [3.0, 15.0, 120.0, 210.0]
+
+
+def test_a_noisy_measurement_is_made_non_decreasing():
+    assert costs._non_decreasing({1: 75.0, 2: 896.0, 4: 262.0, 8: 369.0, 16: 300.0}) == {
+        1: 75.0, 2: 262.0, 4: 262.0, 8: 300.0, 16: 300.0}
+
+
+def test_expected_step_time_is_the_brute_force_over_acceptance_outcomes():
+    """Enumerate how many drafts hold (m = 0..k, with the profile's chances); each outcome reads rows
+    0..m and runs every chunk that starts at or before row m."""
+    rng = random.Random(0)
+    for _ in range(100):
+        table = random_costs(rng)
+        rates = [rng.random() for _ in range(40)]
+        reach = [1.0]
+        for rate in rates:
+            reach.append(reach[-1] * rate)
+        k, first = rng.randint(1, 31), rng.choice([1, 2, 3, 4, 8, 32])
+        chances = [reach[m] * (1 - rates[m] if m < k else 1.0) for m in range(k + 1)]  # exactly m drafts held
+        assert sum(chances) == pytest.approx(1.0)
+        brute = sum(chance * sum(table.output_ms(size) for start, size in costs.output_chunks(1 + k, first) if start <= m)
+                    for m, chance in enumerate(chances))
+        assert costs.expected_output_ms(table, reach, 1 + k, first) == pytest.approx(brute)
+        tokens = sum(chance * (m + 1) for m, chance in enumerate(chances))
+        assert costs.expected_tokens(reach, k) == pytest.approx(tokens)
+
+
+def test_output_chunks_cover_the_rows_and_double():
+    assert costs.output_chunks(13, 2) == [(0, 2), (2, 4), (6, 7)]
+    assert costs.output_chunks(4, 8) == [(0, 4)] and costs.output_chunks(1, 1) == [(0, 1)]
+
+
+def test_best_draft_length_and_first_chunk_are_the_brute_force_argmax():
+    rng = random.Random(1)
+    for _ in range(100):
+        table = random_costs(rng)
+        reach = list(costs.constant_reach(rng.random()))
+        limit = rng.randint(1, 31)
+
+        def ms(k):
+            return table.layers_ms(1 + k) + min(costs.expected_output_ms(table, reach, 1 + k, width)
+                                                for width in range(1, 2 + k))  # any first width
+        best = costs.best_draft_length(table, reach, limit)
+        rates = {k: costs.expected_tokens(reach, k) / ms(k) for k in range(1, limit + 1)}
+        # the chunk widths tried are powers of two: within a few percent of the best over every width
+        assert rates[best] >= 0.9 * max(rates.values())
+        width = costs.best_first_chunk(table, reach, 1 + limit)
+        assert costs.expected_output_ms(table, reach, 1 + limit, width) == pytest.approx(min(
+            costs.expected_output_ms(table, reach, 1 + limit, w) for w in (*costs.CHUNK_WIDTHS, 1 + limit) if w <= 1 + limit))
+    assert costs.best_draft_length(table, reach, 0) == 0
 
 
 def test_a_flat_cost_and_sure_drafts_go_long_a_steep_cost_goes_short():
-    flat = {n: 100.0 for n in costs.SIZES}
-    steep = {n: 100.0 * n for n in costs.SIZES}
-    assert costs.best_draft_length(flat, 0.95, 31) == 31
-    assert costs.best_draft_length(steep, 0.95, 31) == 1
-    assert costs.best_draft_length({1: 75, 2: 97, 4: 103, 8: 130, 12: 185, 16: 169, 24: 252, 32: 300}, 0.8, 31) in range(3, 9)
+    sure, unsure = list(costs.constant_reach(0.95)), list(costs.constant_reach(0.3))
+    assert costs.best_draft_length(flat(), sure, 31) == 31
+    assert costs.best_draft_length(steep(), sure, 31) == 1
+    # the measured fp16-weights curves of Gemma 3 270M on a 2-core AVX2 CPU: the lazy output layer makes
+    # long copies pay when they hold, short ones when they do not
+    gemma = costs.ForwardCosts({1: 34, 2: 38, 4: 39, 8: 51, 12: 62, 16: 73, 24: 86, 32: 100},
+                               {1: 18, 2: 19, 4: 22, 8: 46, 12: 57, 16: 68, 24: 108, 32: 148})
+    assert costs.best_draft_length(gemma, sure, 31) >= 16 and costs.best_draft_length(gemma, unsure, 31) <= 4
+    assert costs.best_first_chunk(gemma, unsure, 32) <= 2 and costs.best_first_chunk(gemma, sure, 32) >= 8
 
 
-def test_acceptance_rate_counts_the_rejected_try():
-    rate = costs.AcceptanceRate(prior=0.5, weight=2)
-    rate.update(3, 5)  # 3 accepted, the 4th tried and rejected
-    rate.update(2, 2)  # all accepted: nothing rejected
-    assert rate.rate == pytest.approx((1 + 5) / (2 + 4 + 2))
+def test_acceptance_profile_counts_each_position_and_leans_on_the_one_before():
+    profile = costs.AcceptanceProfile(prior=0.5, weight=2)
+    profile.update(3, 5)  # positions 0..2 accepted, position 3 tried and rejected
+    profile.update(2, 2)  # all accepted: nothing rejected
+    profile.update(0, 4)  # position 0 rejected
+    rates = profile.rates()
+    assert rates[0] == pytest.approx((2 + 2 * 0.5) / (3 + 2))
+    assert rates[1] == pytest.approx((2 + 2 * rates[0]) / (2 + 2))
+    assert rates[3] == pytest.approx((0 + 2 * rates[2]) / (1 + 2))
+    assert rates[10] == pytest.approx(rates[4])  # never tried: the last position with tries carries on
+    assert profile.reach[:3] == pytest.approx([1.0, rates[0], rates[0] * rates[1]]) and profile.rate == rates[0]
+
+
+def test_lazy_logits_compute_only_the_rows_read_and_equal_the_output_layer():
+    from tjdkit.decoding.forward import LazyLogits, output_logits
+
+    model, _ = load_model("tiny-gemma3")
+    hidden = torch.randn(11, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    full = output_logits(model, hidden)
+    lazy = LazyLogits(model, hidden, first=2)
+    assert torch.allclose(lazy[1], full[1], atol=1e-5) and lazy.computed == 2
+    assert torch.allclose(lazy[2], full[2], atol=1e-5) and lazy.computed == 6  # then 4 more
+    assert torch.allclose(lazy[-1], full[-1], atol=1e-5) and lazy.computed == 11  # the rest, cut at the end
+    assert all(torch.allclose(lazy[j], full[j], atol=1e-5) for j in range(11)) and len(lazy) == 11
+    with pytest.raises(IndexError):
+        lazy[11]
 
 
 def test_the_curve_is_measured_once_per_machine_and_model(monkeypatch):
     from tjdkit.models.quantize import weights_copy
 
     model, _ = load_model("tiny-llama")
-    curve = costs.forward_costs(model)
-    assert set(curve) == set(costs.SIZES) and all(ms > 0 for ms in curve.values())
+    table = costs.forward_costs(model)
+    for curve in (table.layers, table.output):
+        assert set(curve) == set(costs.SIZES) and all(ms > 0 for ms in curve.values())
+        assert list(curve.values()) == sorted(curve.values())
     monkeypatch.setattr(costs, "_costs", {})  # a new process: the cache file answers
     monkeypatch.setattr(costs, "measure_forward_costs", lambda model: pytest.fail("measured again"))
-    assert costs.forward_costs(model) == curve
+    assert costs.forward_costs(model) == table
     monkeypatch.undo()
     fast = weights_copy(model, "fp16-weights")  # another weight format is another curve
-    assert costs.cost_key(fast) != costs.cost_key(model) and set(costs.forward_costs(fast)) == set(costs.SIZES)
+    assert costs.cost_key(fast) != costs.cost_key(model) and set(costs.forward_costs(fast).layers) == set(costs.SIZES)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
@@ -72,9 +157,8 @@ def test_verify_takes_the_length_the_costs_pay_for_and_stays_lossless(monkeypatc
     ids = torch.tensor([tokenizer("one two three four five six seven eight " * 4).input_ids])
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=48)
     longest = {}
-    for shape, cost in (("flat", lambda n: 100.0), ("steep", lambda n: 100.0 * n)):
-        curve = {n: cost(n) for n in costs.SIZES}
-        monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): curve})
+    for shape, table in (("flat", flat()), ("steep", steep())):
+        monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): table})
         tokens, stats = generate(model, ids, mode="verify", max_new_tokens=48, drafter="lookup")
         assert tokens == reference, shape  # across Gemma 3's sliding window (tiny-gemma3: 32 tokens)
         longest[shape] = max(itertools.chain(stats.offered, [0]))
@@ -91,7 +175,7 @@ def test_tree_steps_verify_the_copy_and_the_head_together_and_stay_greedy(monkey
     model, tokenizer = load_model(name)
     ids = torch.tensor([tokenizer("one two three four five six seven eight " * 3).input_ids])
     head = weak_head(model, "cp", horizon=4)
-    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): {n: 100.0 for n in costs.SIZES}})
+    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): flat()})
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=60)
     tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=60, drafter="hybrid")
     assert tokens == reference
@@ -109,7 +193,7 @@ def test_tree_verification_keeps_whichever_branch_the_model_accepts(monkeypatch)
     model, tokenizer = load_model("tiny-gemma3")
     ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog. " * 2).input_ids])
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=12)
-    for right in (0, 1):
+    for right in (0, 1, "skip"):
         cache = new_cache(model)
         _, logits = hidden_and_logits(model, ids, cache, last_only=True)
         cache.activate_past_recording()
@@ -117,11 +201,17 @@ def test_tree_verification_keeps_whichever_branch_the_model_accepts(monkeypatch)
         assert token == reference[0]
         good = reference[1:5]
         bad = [(t + 1) % model.config.vocab_size for t in reference[1:7]]
-        branches = [good, bad] if right == 0 else [bad, good[:3]]
-        kept, new, accepted, hidden, both = verify_module._verify_tree(
-            model, cache, token, branches, ids, [token], [], Sampling())
+        branches = {0: [good, bad], 1: [bad, good[:3]], "skip": [good, bad[:4]]}[right]
+        if right == "skip":  # the copy holds for 4: a head branch of 4 cannot do better, so it is never read
+            kept, new, accepted, hidden, both, rows = verify_module._verify_tree(
+                model, cache, token, branches, [8, 8], ids, [token], [], Sampling())
+            assert (kept, accepted, both, rows) == (0, 4, [4, None], 5) and new == reference[1:6]
+            continue
+        kept, new, accepted, hidden, both, rows = verify_module._verify_tree(
+            model, cache, token, branches, [1, 1], ids, [token], [], Sampling())
         assert kept == right and new == reference[1 : 2 + accepted] and accepted == len(branches[right])
         assert both[1 - right] == 0 and cache.get_seq_length() == ids.shape[1] + 1 + accepted
+        assert 1 + accepted <= rows
         follow = torch.tensor([[new[-1]]])
         _, next_logits = hidden_and_logits(model, follow, cache)
         assert int(next_logits[-1].argmax()) == reference[2 + accepted]

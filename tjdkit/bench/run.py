@@ -14,7 +14,7 @@ rotating order so that drift in machine speed spreads evenly over the modes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -101,10 +101,7 @@ class Run:
     seconds: float
     forwards: int
     peak_bytes: int
-    accepted: list[int] = field(default_factory=list)
-    offered: list[int] = field(default_factory=list)
-    lookup_steps: int = 0
-    tree_steps: int = 0
+    stats: Optional[DecodeStats] = None  # tjdkit's own modes: what the decoding loop did
 
 
 def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int], drafter: str) -> Run:
@@ -118,9 +115,7 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            accepted: list[int] = []
-            offered: list[int] = []
-            lookup_steps = tree_steps = 0
+            stats = None
             with torch.inference_mode():
                 if mode in ("hf", "lookup"):
                     extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if mode == "lookup" else {}
@@ -137,14 +132,12 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
                 else:
                     tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos,
                                              drafter=drafter)
-                    accepted, offered = stats.accepted, stats.offered
-                    lookup_steps, tree_steps = stats.lookup_steps, stats.tree_steps
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
     finally:
         counter.close()
-    return Run(tokens, seconds, counter.count, memory.peak_bytes, accepted, offered, lookup_steps, tree_steps)
+    return Run(tokens, seconds, counter.count, memory.peak_bytes, stats)
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -157,7 +150,10 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
     totals = DecodeStats(mode)
     for run in runs:
-        totals.add(len(run.tokens), run.forwards, run.seconds, run.accepted, run.offered, run.lookup_steps, run.tree_steps)
+        totals.add(len(run.tokens), run.forwards, run.seconds)
+        if run.stats is not None:
+            totals.add(0, 0, 0.0, run.stats.accepted, run.stats.offered, run.stats.lookup_steps, run.stats.tree_steps,
+                       run.stats.output_rows)
     row = {
         "new_tokens": totals.new_tokens,
         "seconds": totals.seconds,
@@ -174,6 +170,7 @@ def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
         row["drafts_per_step"] = horizon - 1  # the head's; a lookup step offers up to LOOKUP_TOKENS
         row["lookup_share"] = totals.lookup_steps / totals.steps if totals.steps else 0.0  # steps drafted by lookup
         row["tree_share"] = totals.tree_steps / totals.steps if totals.steps else 0.0  # of which the copy and the head as two branches
+        row["output_rows_per_step"] = totals.output_rows / totals.steps if totals.steps else 0.0  # logits rows computed
     return row
 
 

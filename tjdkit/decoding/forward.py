@@ -70,9 +70,46 @@ def apply_soft_cap(logits: Tensor, cap: Optional[float]) -> Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def hidden_states(model, ids: Tensor, cache) -> Tensor:
+    """ids [1, n] appended to the cache -> final normed hidden states [n, D] (no output layer)."""
+    return model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0]
+
+
 def hidden_and_logits(model, ids: Tensor, cache, last_only: bool = False) -> tuple[Tensor, Tensor]:
     """ids [1, n] appended to the cache -> hidden states [n, D] and logits [n, V] (float32) at
     every position, or [1, V] at the last one only (`last_only`, for a prefill)."""
-    hidden = model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0]  # [n, D]
+    hidden = hidden_states(model, ids, cache)  # [n, D]
     return hidden, output_logits(model, hidden[-1:] if last_only else hidden)
+
+
+class LazyLogits:
+    """The logits of hidden [n, D], computed in chunks as rows are read: `first` rows, then twice
+    as many each time. Verification reads rows only until the first rejected draft, and on a large
+    vocabulary the output layer costs more than the layers (tjdkit.decoding.costs), so rows
+    nobody reads are never computed. Each row is the one `output_logits` gives for it."""
+
+    def __init__(self, model, hidden: Tensor, first: int = 1):
+        self.model, self.hidden = model, hidden
+        self.chunks: list[Tensor] = []  # computed rows, in order
+        self.computed = 0  # rows computed so far
+        self.next_size = max(first, 1)
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def __getitem__(self, row: int) -> Tensor:
+        """Row `row` [V], float32 (rows from the end count back, as in a tensor)."""
+        row = row + len(self) if row < 0 else row
+        if not 0 <= row < len(self):
+            raise IndexError(row)
+        while row >= self.computed:
+            size = min(self.next_size, len(self) - self.computed)
+            self.chunks.append(output_logits(self.model, self.hidden[self.computed : self.computed + size]))
+            self.computed += size
+            self.next_size *= 2
+        for chunk in self.chunks:
+            if row < chunk.shape[0]:
+                return chunk[row]
+            row -= chunk.shape[0]
+        raise AssertionError("unreachable: the row was computed above")
 

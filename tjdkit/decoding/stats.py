@@ -20,12 +20,15 @@ class DecodeStats:
     offered: list[int] = field(default_factory=list)
     lookup_steps: int = 0  # verify: steps whose drafts came from prompt lookup, not the head (tree steps included)
     tree_steps: int = 0  # verify: steps that verified the copy and the head's drafts as two branches
+    output_rows: int = 0  # verify: output-layer rows computed (rows past the first rejected draft are skipped)
 
     def add(self, new_tokens: int, forwards: int, seconds: float, accepted: Iterable[int] = (),
-            offered: Iterable[int] = (), lookup_steps: int = 0, tree_steps: int = 0) -> "DecodeStats":
+            offered: Iterable[int] = (), lookup_steps: int = 0, tree_steps: int = 0,
+            output_rows: int = 0) -> "DecodeStats":
         """Sum another generation into these (bench and eval total a mode over many prompts)."""
         self.lookup_steps += lookup_steps
         self.tree_steps += tree_steps
+        self.output_rows += output_rows
         self.new_tokens += new_tokens
         self.forwards += forwards
         self.seconds += seconds
@@ -35,7 +38,7 @@ class DecodeStats:
 
     def merge(self, other: "DecodeStats") -> "DecodeStats":
         return self.add(other.new_tokens, other.forwards, other.seconds, other.accepted, other.offered, other.lookup_steps,
-                        other.tree_steps)
+                        other.tree_steps, other.output_rows)
 
     @property
     def tokens_per_forward(self) -> float:

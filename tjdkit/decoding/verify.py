@@ -6,8 +6,10 @@ drafts from the hidden state that predicted x, *conditioned on x* (`head.draft(f
 its first position is already decided by the verifier, so a head of horizon H offers H-1
 drafts. Lookup offers the tokens that followed the context's last n-gram where it occurred
 before, as many as pay on this machine: the length that maximises expected tokens per second
-under the measured cost of a forward of n tokens and the acceptance seen so far
-(tjdkit.decoding.costs).
+under the measured costs of the layers and of the output layer, and the acceptance seen so far
+at each draft position (tjdkit.decoding.costs). The output layer runs lazily, in chunks, on
+the rows acceptance reaches: on a large vocabulary it costs more than the layers, and the rows
+after the first rejected draft are never read.
 
 The hybrid drafter chooses each step, by the same measure (each drafter's acceptance in this
 generation so far, the measured forward costs), between the copy, the head's drafts, and,
@@ -29,9 +31,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding.costs import AcceptanceRate, best_draft_length, cost_at, expected_rate, forward_costs
+from tjdkit.decoding.costs import (
+    AcceptanceProfile,
+    best_draft_length,
+    best_first_chunk,
+    expected_output_ms,
+    expected_rate,
+    expected_tokens,
+    forward_costs,
+)
 from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, lookup_drafts
-from tjdkit.decoding.forward import hidden_and_logits, new_cache, output_logits
+from tjdkit.decoding.forward import LazyLogits, hidden_and_logits, hidden_states, new_cache
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
 
@@ -40,9 +50,9 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     drafter: "head", "lookup", or "hybrid" (per step: the copy, the head's drafts, or both as a tree)."""
     device = ids.device
     context = ids[0].tolist()  # the prompt, then every chosen token: what lookup searches
-    curve = forward_costs(model) if drafter != "head" else None  # ms per forward of n tokens, measured once
-    lookup_rate = AcceptanceRate()  # how far lookup's copies hold up in this generation
-    head_rate = AcceptanceRate()  # and the head's drafts
+    costs = forward_costs(model) if drafter != "head" else None  # ms of the layers and the output layer, measured once
+    lookup_rate = AcceptanceProfile()  # how far lookup's copies hold up in this generation, by draft position
+    head_rate = AcceptanceProfile()  # and the head's drafts
     head_usable = drafter != "lookup" and head is not None and head.horizon > 1
     cache = new_cache(model)
     tree_ok = sampling.greedy and hasattr(cache, "batch_repeat_interleave")  # two branches as two batch rows
@@ -59,11 +69,11 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         first = torch.tensor([token], device=device)
         copy: list[int] = []
         if drafter != "head" and room > 1:
-            limit = best_draft_length(curve, lookup_rate.rate, min(MAX_LOOKUP_TOKENS, room - 1))
+            limit = best_draft_length(costs, lookup_rate.reach, min(MAX_LOOKUP_TOKENS, room - 1))
             copy = lookup_drafts(context + out, limit=limit)
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
         head_drafts = min(head.horizon - 1, room - 1) if can_draft else 0
-        plan = _plan(curve, copy, can_draft, head_drafts, lookup_rate.rate, head_rate.rate, tree_ok)
+        plan = _plan(costs, copy, can_draft, head_drafts, lookup_rate.reach, head_rate.reach, tree_ok)
         branches: list[list[int]] = []  # each: the drafts after `token`; [0] the copy when there is one
         q = None  # [n, V]: the head's conditionals its drafts were drawn from (sampling); a copy is a point mass
         if plan in ("lookup", "tree"):
@@ -87,17 +97,26 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         stats.tree_steps += plan == "tree"
 
         if plan == "tree":
-            kept, new, accepted, hidden, both = _verify_tree(model, cache, token, branches, ids, out, eos, sampling)
+            firsts = [best_first_chunk(costs, rate.reach, 1 + len(branch))
+                      for rate, branch in zip((lookup_rate, head_rate), branches)]
+            kept, new, accepted, hidden, both, rows = _verify_tree(model, cache, token, branches, firsts, ids, out, eos,
+                                                                   sampling)
             drafts = branches[kept]
             looked_up = kept == 0
-            (head_rate if looked_up else lookup_rate).update(both[1 - kept], len(branches[1 - kept]))  # the other branch
+            if both[1 - kept] is not None:  # the other branch, when it was read
+                (head_rate if looked_up else lookup_rate).update(both[1 - kept], len(branches[1 - kept]))
         else:
             drafts = branches[0]
             looked_up = plan == "lookup"
             feed = torch.tensor([[token] + drafts], dtype=ids.dtype, device=device)  # [1, 1 + n]
-            hidden, logits = hidden_and_logits(model, feed, cache)  # row j predicts the token after feed[j]
+            hidden = hidden_states(model, feed, cache)  # row j predicts the token after feed[j]
+            rate = lookup_rate if looked_up else head_rate
+            rows = 1 + len(drafts)
+            logits = LazyLogits(model, hidden, best_first_chunk(costs, rate.reach, rows) if costs else rows)
             new, accepted = _accept(logits, drafts, None if looked_up else q, ids, out, eos, sampling, generator)
+            rows = logits.computed
             cache.crop(-(len(drafts) - accepted))  # drop rejected drafts; crop(0) trims sliding windows
+        stats.output_rows += rows
         stats.forwards += 1
         (lookup_rate if looked_up else head_rate).update(accepted, len(drafts))
         stats.accepted.append(accepted)
@@ -109,25 +128,28 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     return out
 
 
-def _plan(curve, copy: list[int], can_draft: bool, head_drafts: int, lookup_rate: float, head_rate: float,
-          tree_ok: bool) -> str:
+def _plan(costs, copy: list[int], can_draft: bool, head_drafts: int, lookup_reach: list[float],
+          head_reach: list[float], tree_ok: bool) -> str:
     """This step's drafts: "lookup", "head", "tree" (both, two batch rows) or "none", whichever
-    promises the most tokens per millisecond (tjdkit.decoding.costs); the copy when there is no curve."""
+    promises the most tokens per millisecond (tjdkit.decoding.costs); the copy when there are no costs."""
     if not copy:
         return "head" if can_draft else "none"
     if not can_draft:
         return "lookup"
     rates = {
-        "lookup": expected_rate(curve, lookup_rate, len(copy)),
-        "head": expected_rate(curve, head_rate, head_drafts),
+        "lookup": expected_rate(costs, lookup_reach, len(copy)),
+        "head": expected_rate(costs, head_reach, head_drafts),
     }
     if tree_ok:
         # the copy's tokens, plus the head's where the copy fails at its first draft; a batch of two rows
-        # of 1 + m tokens costs about a forward of 2 (1 + m) tokens on the machines measured
-        lookup_tokens = rates["lookup"] * cost_at(curve, 1 + len(copy))
-        head_extra = rates["head"] * cost_at(curve, 1 + head_drafts) - 1
+        # of 1 + m tokens costs about the layers on 2 (1 + m) tokens, and each row's output chunks
         width = 1 + max(len(copy), head_drafts)
-        rates["tree"] = (lookup_tokens + (1 - lookup_rate) * head_extra) / cost_at(curve, 2 * width)
+        tokens = expected_tokens(lookup_reach, len(copy)) + (1 - lookup_reach[1]) * (expected_tokens(head_reach, head_drafts) - 1)
+        ms = costs.layers_ms(2 * width) + sum(
+            expected_output_ms(costs, reach, 1 + drafts, best_first_chunk(costs, reach, 1 + drafts))
+            for reach, drafts in ((lookup_reach, len(copy)), (head_reach, head_drafts))
+        )
+        rates["tree"] = tokens / ms
     return max(rates, key=rates.get)  # a tie keeps the copy
 
 
@@ -160,26 +182,32 @@ def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: li
     return new, accepted
 
 
-def _verify_tree(model, cache, token: int, branches: list[list[int]], ids, out: list[int], eos, sampling: Sampling):
+def _verify_tree(model, cache, token: int, branches: list[list[int]], firsts: list[int], ids, out: list[int], eos,
+                 sampling: Sampling):
     """Greedy verification of two branches after `token` in one forward: the cache is repeated to two
     batch rows, each row feeds [token, its drafts] (the shorter padded at its end, where nothing
     attends to the padding), and the row with more accepted drafts is kept, its rejected drafts and
-    padding cropped. -> (kept branch, new tokens, accepted drafts, that row's hidden states [1 + m, D],
-    the drafts each branch had accepted)."""
+    padding cropped. The copy's row is read first; the head's only if it could accept more.
+    firsts: each row's first output chunk. -> (kept branch, new tokens, accepted drafts, that
+    row's hidden states [1 + m, D], the drafts each branch accepted (None: not read), output rows computed)."""
     width = 1 + max(len(branch) for branch in branches)
     rows = [[token] + branch + [token] * (width - 1 - len(branch)) for branch in branches]
     cache.batch_repeat_interleave(len(rows))
     feed = torch.tensor(rows, dtype=ids.dtype, device=ids.device)  # [2, 1 + m]
     hidden = model.base_model(input_ids=feed, cache=cache, use_cache=True).last_hidden_state  # [2, 1 + m, D]
-    results = []
+    results, computed = [], 0
     for index, branch in enumerate(branches):
-        logits = output_logits(model, hidden[index, : 1 + len(branch)])  # [1 + n, V]
+        if index and results[0][1] >= len(branch):  # this branch cannot beat the one read (a tie keeps the copy)
+            results.append(None)
+            continue
+        logits = LazyLogits(model, hidden[index, : 1 + len(branch)], firsts[index])
         results.append(_accept(logits, branch, None, ids, out, eos, sampling, None))
-    kept = max(range(len(branches)), key=lambda index: results[index][1])  # a tie keeps the copy
+        computed += logits.computed
+    kept = max((index for index, result in enumerate(results) if result is not None), key=lambda index: results[index][1])
     cache.batch_select_indices(torch.tensor([kept], device=ids.device))
     new, accepted = results[kept]
     cache.crop(-(width - 1 - accepted))  # the kept row's rejected drafts and padding
-    return kept, new, accepted, hidden[kept], [result[1] for result in results]
+    return kept, new, accepted, hidden[kept], [None if result is None else result[1] for result in results], computed
 
 
 def _point_mass(token: int, like: Tensor) -> Tensor:
