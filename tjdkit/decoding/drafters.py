@@ -17,14 +17,18 @@ MAX_LOOKUP_TOKENS = 31  # verify's own lookup drafts: up to this many, as the me
 def lookup_drafts(tokens: list[int], limit: int = LOOKUP_TOKENS, max_ngram: int = LOOKUP_NGRAM) -> list[int]:
     """Up to `limit` tokens that followed the first earlier occurrence of the sequence's last
     n-gram (the longest n <= max_ngram that occurs earlier); [] when none does."""
+    match = lookup_match(tokens, max_ngram)
+    return tokens[match[1] : match[1] + limit] if match and limit > 0 else []
+
+
+def lookup_match(tokens: list[int], max_ngram: int = LOOKUP_NGRAM) -> tuple[int, int] | None:
+    """(n, where the copy starts): the longest n <= max_ngram whose last n tokens occurred earlier,
+    and the position after their first earlier occurrence; None when no n does. verify tracks
+    acceptance per n: a copy after two matching tokens holds far more often than after one."""
     length = len(tokens)
-    if limit <= 0:
-        return []
     for n in range(min(max_ngram, length - 1), 0, -1):
         tail = tokens[length - n :]
         for start in range(length - n):  # an occurrence that ends before the tail starts or overlaps it
             if tokens[start : start + n] == tail:
-                follow = tokens[start + n : start + n + limit]
-                if follow:
-                    return follow
-    return []
+                return n, start + n  # start + n < length: a token always follows
+    return None

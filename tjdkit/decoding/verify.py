@@ -7,7 +7,7 @@ its first position is already decided by the verifier, so a head of horizon H of
 drafts. Lookup offers the tokens that followed the context's last n-gram where it occurred
 before, as many as pay on this machine: the length that maximises expected tokens per second
 under the measured costs of the layers and of the output layer, and the acceptance seen so far
-at each draft position (tjdkit.decoding.costs). The output layer runs lazily, in chunks, on
+at each draft position, kept apart for 1- and 2-token matches (tjdkit.decoding.costs). The output layer runs lazily, in chunks, on
 the rows acceptance reaches: on a large vocabulary it costs more than the layers, and the rows
 after the first rejected draft are never read.
 
@@ -40,7 +40,7 @@ from tjdkit.decoding.costs import (
     expected_tokens,
     forward_costs,
 )
-from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, lookup_drafts
+from tjdkit.decoding.drafters import LOOKUP_NGRAM, MAX_LOOKUP_TOKENS, lookup_match
 from tjdkit.decoding.forward import LazyLogits, hidden_and_logits, hidden_states, new_cache
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
@@ -51,7 +51,9 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     device = ids.device
     context = ids[0].tolist()  # the prompt, then every chosen token: what lookup searches
     costs = forward_costs(model) if drafter != "head" else None  # ms of the layers and the output layer, measured once
-    lookup_rate = AcceptanceProfile()  # how far lookup's copies hold up in this generation, by draft position
+    # how far lookup's copies hold up in this generation, by draft position, apart for 1- and 2-token matches
+    lookup_rates = {n: AcceptanceProfile() for n in range(1, LOOKUP_NGRAM + 1)}
+    lookup_rate = lookup_rates[LOOKUP_NGRAM]
     head_rate = AcceptanceProfile()  # and the head's drafts
     head_usable = drafter != "lookup" and head is not None and head.horizon > 1
     cache = new_cache(model)
@@ -68,9 +70,12 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         room = max_new_tokens - len(out)  # tokens this step may add: accepted drafts + the model's own
         first = torch.tensor([token], device=device)
         copy: list[int] = []
-        if drafter != "head" and room > 1:
+        seen = context + out
+        match = lookup_match(seen) if drafter != "head" and room > 1 else None
+        if match:
+            lookup_rate = lookup_rates[match[0]]
             limit = best_draft_length(costs, lookup_rate.reach, min(MAX_LOOKUP_TOKENS, room - 1))
-            copy = lookup_drafts(context + out, limit=limit)
+            copy = seen[match[1] : match[1] + limit]
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
         head_drafts = min(head.horizon - 1, room - 1) if can_draft else 0
         plan = _plan(costs, copy, can_draft, head_drafts, lookup_rate.reach, head_rate.reach, tree_ok)
