@@ -3,6 +3,9 @@ entropy-triggered reflection while generating (SRGen), for any causal LM.
 
     from tjdkit.tnot import TnotConfig, tnot_generate, enable_tnot
     results = tnot_generate(model, input_ids, config=TnotConfig(steps=3, adaptive=True))
+
+`TnotConfig(mode="srgen")`, and `enable_tnot` configured from the environment, run the published
+SRGen's exact rules instead of tjdkit's own (tjdkit.tnot.srgen).
 """
 
 from tjdkit.tnot.config import TnotConfig

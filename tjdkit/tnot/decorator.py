@@ -5,8 +5,10 @@
     out = model.generate(input_ids, max_new_tokens=64)          # TNOT inside, same output layout
     model.tnot_results[0].records                               # entropy trace of the last call
 
-Without `tnot_config`, the config comes from the seeds' environment variables over the
-defaults (`config_from_env`). A model class gets a subclass with the same name that
+Without `tnot_config`, the model behaves as the published SRGen decorator does: mode "srgen"
+(tjdkit.tnot.srgen), configured by the seeds' environment variables over SRGen's defaults,
+read again at every `generate` call, since SRGen's evaluator changes them between calls. An
+explicit `tnot_config` stays as given. A model class gets a subclass with the same name that
 overrides `generate`; an Auto class gets a loader whose models are switched to that
 subclass. `generate(..., tnot=False)` is the plain transformers generate.
 """
@@ -26,15 +28,21 @@ class TnotMixin:
 
     tnot_default: Optional[TnotConfig] = None  # enable_tnot(cls, config)
     tnot_config: Optional[TnotConfig] = None
+    tnot_env_config: Optional[TnotConfig] = None  # the config last read from the environment, while it is in use
     tnot_results: list = []
+    tnot_results_mode: str = "tjdkit"  # the mode that made tnot_results
 
     @classmethod
     def from_pretrained(cls, *args, tnot_config: Optional[TnotConfig] = None, **kwargs):
         model = super().from_pretrained(*args, **kwargs)
-        config = tnot_config or cls.tnot_default
-        model.tnot_config = config.check() if config is not None else config_from_env()
-        model.tnot_results = []
-        return model
+        return _configure(model, tnot_config or cls.tnot_default)
+
+    def tnot_current_config(self) -> TnotConfig:
+        """The config of the next call: the environment read now, unless a config was given
+        (at load time, or by assigning `tnot_config`)."""
+        if self.tnot_config is None or self.tnot_config is self.tnot_env_config:
+            self.tnot_config = self.tnot_env_config = config_from_env(srgen=True)
+        return self.tnot_config
 
     def generate(self, inputs=None, generation_config=None, *, tnot=None, **kwargs):
         """transformers' generate, with TNOT unless `tnot=False`; `tnot` may be a TnotConfig.
@@ -51,7 +59,7 @@ class TnotMixin:
         from tjdkit.decoding import Sampling
         from tjdkit.tnot.generate import tnot_generate
 
-        config = tnot if isinstance(tnot, TnotConfig) else (self.tnot_config or config_from_env())
+        config = tnot.check() if isinstance(tnot, TnotConfig) else self.tnot_current_config()
         input_ids = kwargs.pop("input_ids", inputs)
         attention_mask = kwargs.pop("attention_mask", None)
         streamer = kwargs.pop("streamer", None)
@@ -84,7 +92,7 @@ class TnotMixin:
         )
         if streamer is not None:
             streamer.end()
-        self.tnot_results = results
+        self.tnot_results, self.tnot_results_mode = results, config.mode
         if config.record_path:
             _append_records(config.record_path, results)
         pad = gen.pad_token_id if gen.pad_token_id is not None else (eos[0] if eos else 0)
@@ -113,14 +121,17 @@ class TnotMixin:
 
     @property
     def high_entropy_detected(self) -> bool:
-        return any(r.reflected or r.forced_eos for result in self.tnot_results for r in result.records)
+        """A trigger in the last call. In srgen mode, as SRGen's flag reads after its evaluator's loop:
+        only a response ended by a forced EOS (so that loop, run over this model, stops after one call)."""
+        return self.high_entropy_position is not None
 
     @property
     def high_entropy_position(self):
         """Response position of the first trigger of the first row that had one (None if none)."""
+        srgen = self.tnot_results_mode == "srgen"
         for result in self.tnot_results:
             for record in result.records:
-                if record.reflected or record.forced_eos:
+                if record.forced_eos or (record.reflected and not srgen):
                     return record.position
         return None
 
@@ -170,9 +181,20 @@ def tnot_class(model_class: type, default: Optional[TnotConfig] = None) -> type:
 
 
 def attach_tnot(model, config: Optional[TnotConfig] = None):
-    """Give a loaded model TNOT in place (its class becomes the TNOT subclass) and return it."""
+    """Give a loaded model TNOT in place (its class becomes the TNOT subclass) and return it.
+
+    Without `config`: SRGen's mode from the environment, read again at every generate call.
+    """
     model.__class__ = tnot_class(type(model))
-    model.tnot_config = config.check() if config is not None else config_from_env()
+    return _configure(model, config)
+
+
+def _configure(model, config: Optional[TnotConfig]):
+    model.tnot_config = model.tnot_env_config = None
+    if config is not None:
+        model.tnot_config = config.check()
+    else:
+        model.tnot_current_config()  # read now, so a bad variable fails at load time
     model.tnot_results = []
     return model
 

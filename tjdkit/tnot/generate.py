@@ -1,4 +1,5 @@
-"""TNOT generation: SLOT's prompt delta, then an entropy trigger with SRGen-style reflection.
+"""TNOT generation: SLOT's prompt delta, then an entropy trigger with SRGen-style reflection
+(tjdkit's rules; `TnotConfig(mode="srgen")` runs the published SRGen's own, tjdkit.tnot.srgen).
 
     results = tnot_generate(model, input_ids, config=TnotConfig(steps=3), eos_token_ids=[eos])
     results[0].tokens, results[0].records   # the response and one TokenRecord per token
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -28,67 +28,8 @@ from tjdkit.errors import TjdkitError
 from tjdkit.models.quantize import refuse_quantized
 from tjdkit.tnot.config import TnotConfig
 from tjdkit.tnot.delta import fit_delta
+from tjdkit.tnot.results import TnotResult, TokenRecord
 from tjdkit.tnot.trigger import EntropyMonitor, entropy
-
-
-@dataclass
-class TokenRecord:
-    position: int  # 0-based index in the response
-    token: int
-    entropy: float  # nats, of the distribution the token was first judged by (prompt delta applied)
-    threshold: Optional[float]  # what it was compared with; None when entropy control is off
-    reflected: bool = False
-    entropy_after: Optional[float] = None  # after the reflection's delta
-    forced_eos: bool = False  # the trigger fired with no retries left (or reflection off): EOS instead
-    before: Optional[int] = None  # on a trigger: the most likely token before reflection / forced EOS
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TnotResult:
-    tokens: list[int]
-    records: list[TokenRecord]
-    prompt_losses: list[float] = field(default_factory=list)  # prompt CE before each step, then after the last
-    reflections: int = 0
-    forced_eos: bool = False
-    prompt_seconds: float = 0.0
-    reflection_seconds: float = 0.0
-    seconds: float = 0.0  # the whole call, prefill and prompt stage included (shared by a batch)
-    forwards: int = 0  # backbone forwards of the call (shared by a batch)
-    delta: Optional[Tensor] = None  # [D] the prompt stage's delta (None without one)
-
-    @property
-    def entropies(self) -> list[float]:
-        return [record.entropy for record in self.records]
-
-    @property
-    def prompt_ce_before(self) -> Optional[float]:
-        return self.prompt_losses[0] if self.prompt_losses else None
-
-    @property
-    def prompt_ce_after(self) -> Optional[float]:
-        return self.prompt_losses[-1] if self.prompt_losses else None
-
-    @property
-    def changed_by_reflection(self) -> int:
-        """Reflections that chose a different token from the one the model led with before."""
-        return sum(r.reflected and r.before is not None and r.before != r.token for r in self.records)
-
-    def summary(self) -> dict:
-        """JSON-ready numbers, without the per-token records."""
-        return {
-            "new_tokens": len(self.tokens),
-            "reflections": self.reflections,
-            "reflections_changing_the_token": self.changed_by_reflection,
-            "forced_eos": self.forced_eos,
-            "prompt_ce_before": self.prompt_ce_before,
-            "prompt_ce_after": self.prompt_ce_after,
-            "prompt_seconds": self.prompt_seconds,
-            "reflection_seconds": self.reflection_seconds,
-            "seconds": self.seconds,
-        }
 
 
 class _Sample:
@@ -146,7 +87,8 @@ def tnot_generate(
     the sampling temperature (1 when greedy). Each response ends after an EOS (kept), at
     `max_new_tokens`, or with a forced EOS when the trigger fires and reflection is off or
     its retries are spent (`on_exhausted: eos`). `on_token(row, record)` sees every token
-    as soon as it is chosen.
+    as soon as it is chosen. `config.mode == "srgen"` runs SRGen's own rules instead
+    (tjdkit.tnot.srgen), where `max_new_tokens` bounds each segment between triggers.
     """
     config = (config or TnotConfig()).check()
     refuse_quantized(model, "TNOT (it fits a delta by gradient descent)")
@@ -156,6 +98,12 @@ def tnot_generate(
     mask = _check_batch(input_ids, attention_mask)
     max_new_tokens = fit_to_context(model, input_ids.shape[1], max_new_tokens)
     eos = _eos_ids(model, eos_token_ids)
+    if config.mode == "srgen":
+        from tjdkit.tnot.srgen import srgen_generate
+
+        rows = [input_ids[b][mask[b].bool()] for b in range(input_ids.shape[0])]
+        return srgen_generate(model, rows, config, max_new_tokens=max_new_tokens, eos=eos, sampling=sampling,
+                              generator=generator, on_token=on_token)
     can_force = config.entropy_control and (not config.reflect or config.on_exhausted == "eos")
     if can_force and not eos:
         raise TjdkitError("TNOT ends high-entropy responses with EOS, but the model has no eos_token_id (pass eos_token_ids)")
