@@ -124,9 +124,11 @@ def test_gsm8k_row_format():
 
 
 def test_dataset_rows_dispatch_and_errors():
-    assert DATASETS == ("stemp", "sharegpt", "gsm8k", "smiles")
+    assert DATASETS == ("stemp", "sharegpt", "gsm8k", "smiles", "capitals")
     stemp = dataset_rows("stemp", "test", size=3, seed=1, tokenizer=object())
     assert len(stemp) == 3 and all(set(r) == KEYS and isinstance(r["target"], float) for r in stemp)
+    capitals = dataset_rows("capitals", "eval", size=3)
+    assert len(capitals) == 3 and all(set(r) == KEYS and isinstance(r["target"], list) for r in capitals)
     assert dataset_rows("sharegpt", "train", size=4, seed=2) == sharegpt_rows("train", size=4, seed=2)
     with pytest.raises(TjdkitError, match="stemp, sharegpt, gsm8k"):
         dataset_rows("nope", "train")

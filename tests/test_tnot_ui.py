@@ -132,19 +132,20 @@ def test_compare_table_cells():
              "forced_ends": None, "prompt_ce_before": None, "prompt_ce_after": None}
     tnot = {**plain, "mode": "tnot", "accuracy": 0.85, "new_tokens": 1180, "seconds_per_prompt": 1.62,
             "ms_per_token": 27.46, "tokens_per_second": 36.4, "latency_ratio": 1.08, "reflections": 7,
-            "forced_ends": 2, "prompt_ce_before": 3.19, "prompt_ce_after": 2.47}
+            "forced_ends": 2, "prompt_ce_before": 3.19, "prompt_ce_after": 2.47,
+            "difference": {"difference": 0.05, "low": -0.015, "high": 0.1, "level": 0.95, "items": 20, "resamples": 10000}}
     unscored = {**tnot, "mode": "unscored", "accuracy": None}
     output = _render(compare_table([plain, tnot, unscored], "TNOT vs plain"))
     assert output.lstrip().startswith("TNOT vs plain")
     lines = [re.split("[│┃]", line)[1:-1] for line in output.splitlines() if line.startswith(("│", "┃"))]
     rows = {cells[0].strip(): cells for cells in lines}
     assert [cell.strip() for cell in rows["mode"]] == [
-        "mode", "prompts", "accuracy", "tokens", "s/prompt", "ms/token", "tok/s", "latency vs plain", "reflections",
-        "forced ends", "prompt CE"]
+        "mode", "prompts", "accuracy", "vs plain (CI)", "tokens", "s/prompt", "ms/token", "tok/s", "latency vs plain",
+        "reflections", "forced ends", "prompt CE"]
     assert [cell.strip() for cell in rows["plain"]] == [
-        "plain", "20", "80.0%", "1200", "1.50", "25.0", "40.0", "-", "-", "-", "-"]
+        "plain", "20", "80.0%", "-", "1200", "1.50", "25.0", "40.0", "-", "-", "-", "-"]
     assert [cell.strip() for cell in rows["tnot"]] == [
-        "tnot", "20", "85.0%", "1180", "1.62", "27.5", "36.4", "1.08x", "7", "2", "3.19 → 2.47"]
+        "tnot", "20", "85.0%", "+5.0 pts [-1.5, +10.0]", "1180", "1.62", "27.5", "36.4", "1.08x", "7", "2", "3.19 → 2.47"]
     assert rows["unscored"][2].strip() == "-"
     assert rows["tnot"][0].startswith(" tnot ") and rows["tnot"][1].startswith("   ")  # numbers right-aligned
 

@@ -7,7 +7,7 @@ value is reported with its key and file rather than failing deep inside the mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 SEED = {"min": 0, "max": 2**63 - 1}  # what torch.manual_seed and every generator here accept
 
@@ -54,6 +54,9 @@ class TnotConfig:
     context_window: int = field(default=1024, metadata={"min": 2})
     # Append one JSON line per generated token here (the seeds' record_entropy; the CLI has --record).
     record_path: Optional[str] = None
+    # "tjdkit": the rules above. "srgen": exactly what the published SRGen decorator does, for the
+    # seeds' users (tjdkit.tnot.srgen); enable_tnot configured from the environment uses it.
+    mode: Literal["tjdkit", "srgen"] = "tjdkit"
 
     def check(self) -> "TnotConfig":
         """Types and bounds as a recipe would check them, for configs built in Python or from the environment."""
@@ -110,7 +113,7 @@ class ChatRecipe:
 @dataclass
 class PromptsSection:
     # Prompts from a dataset's split (the command line's PROMPT arguments win over it).
-    dataset: Optional[Literal["stemp", "gsm8k"]] = None
+    dataset: Optional[Literal["stemp", "gsm8k", "capitals"]] = None
     split: str = "test"
     limit: Optional[int] = field(default=20, metadata={"min": 1})
     seed: int = field(default=0, metadata=SEED)
@@ -126,6 +129,9 @@ class TnotRecipe:
     generation: GenerationSection = field(default_factory=lambda: GenerationSection(max_new_tokens=128, temperature=0.0))
     tnot: TnotConfig = field(default_factory=TnotConfig)
     prompts: PromptsSection = field(default_factory=PromptsSection)
+    # Settings to compare beside the plain model, each the `tnot` section with these keys changed
+    # (e.g. [{steps: 1}, {adaptive: true}]); empty: the `tnot` section alone.
+    sweep: list[dict[str, Any]] = field(default_factory=list)
 
 
 HeadName = Literal["stp", "multihead", "cp", "mps"]

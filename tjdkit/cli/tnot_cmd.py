@@ -26,7 +26,7 @@ def tnot(
     prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to answer ('-' reads one from stdin)."),
     recipe: RecipeOpt = None,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, directory, .gguf file or hub id."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prompts from a dataset: stemp (offline) or gsm8k (hub)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prompts from a dataset: capitals or stemp (offline), gsm8k (hub)."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: test)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="How many dataset prompts (default: 20)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="AdamW steps on the delta (prompt and each reflection)."),
@@ -41,7 +41,7 @@ def tnot(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest response, in tokens."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 for greedy decoding [default]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
-    compare: bool = typer.Option(False, "--compare", help="Also run the plain model on the same prompts: accuracy and latency."),
+    compare: bool = typer.Option(False, "--compare", help="Also run the plain model on the same prompts: accuracy (with a 95% CI of the difference) and latency."),
     record: Optional[Path] = typer.Option(None, "--record", help="Write one JSON line per generated token here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the entropy traces to this PNG."),
     show: int = typer.Option(3, "--show", min=0, help="Dataset runs: how many traces to print."),
@@ -74,8 +74,11 @@ def tnot(
         "tnot.max_retries": max_retries, "tnot.entropy_control": entropy_control,
     }
     config = load_recipe(recipe or "tnot", TnotRecipe, overrides or [], flags)
+    from tjdkit.tnot.run import sweep_configs
+
+    settings = sweep_configs(config)  # checked before anything slow is loaded
     if not texts and config.prompts.dataset is None:
-        raise TjdkitError("give a prompt (tjdkit tnot \"What is 3 C in F?\") or --dataset stemp|gsm8k")
+        raise TjdkitError("give a prompt (tjdkit tnot \"What is 3 C in F?\") or --dataset capitals|stemp|gsm8k")
     if not texts:
         from tjdkit.data.sources import dataset_splits
         from tjdkit.data.splits import check_split
@@ -84,14 +87,14 @@ def tnot(
 
     quiet_libraries()
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
-    _run_and_report(loaded, tokenizer, config, texts, compare, record, plot, show, json_path)
+    _run_and_report(loaded, tokenizer, config, settings, texts, compare or len(settings) > 1, record, plot, show, json_path)
 
 
-def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show, json_path) -> None:
+def _run_and_report(model, tokenizer, config, settings, texts, compare, record, plot, show, json_path) -> None:
     from tjdkit.models.prompts import stop_token_ids
     from tjdkit.recipes import to_mapping
     from tjdkit.tnot.records import record_lines
-    from tjdkit.tnot.run import prompt_items, run_prompts
+    from tjdkit.tnot.run import prompt_items, run_settings, sweep_rows
     from tjdkit.ui.tnot import compare_table, save_trace_plot, tnot_progress
 
     items = prompt_items(tokenizer, texts, config.prompts, config.model.name)
@@ -99,13 +102,16 @@ def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show
     source = f"{config.prompts.dataset}/{config.prompts.split}" if not texts else f"{len(items)} prompt(s)"
     shown = len(items) if texts else show
     with tnot_progress(console, out, f"TNOT on {source}", len(items), shown, tokenizer) as (on_token, on_done):
-        result = run_prompts(model, tokenizer, items, config.tnot, config.generation, compare=compare,
-                             eos_token_ids=stop_token_ids(tokenizer, model), on_token=on_token, on_done=on_done)
-    settings = config.tnot
-    trigger = f"adaptive (N={settings.window}, K={settings.k:g})" if settings.adaptive else f"threshold {settings.entropy_threshold:g}"
-    title = (f"tnot {config.model.name} · {source} · steps {settings.steps} · lr {settings.lr:g} · "
-             f"{trigger if settings.entropy_control else 'no entropy control'} · max retries {settings.max_retries}")
-    out.print(compare_table(result.rows(), title))
+        results = run_settings(model, tokenizer, items, settings, config.generation, compare=compare,
+                               eos_token_ids=stop_token_ids(tokenizer, model), on_token=on_token, on_done=on_done)
+    result = results["tnot"]
+    base = config.tnot
+    trigger = f"adaptive (N={base.window}, K={base.k:g})" if base.adaptive else f"threshold {base.entropy_threshold:g}"
+    title = (f"tnot {config.model.name} · {source} · steps {base.steps} · lr {base.lr:g} · "
+             f"{trigger if base.entropy_control else 'no entropy control'} · max retries {base.max_retries}")
+    if len(settings) > 1:
+        title += f" · sweep of {len(settings)} settings"
+    out.print(compare_table(sweep_rows(results) if len(settings) > 1 else result.rows(), title))
     if record is not None:
         from tjdkit.fileio import atomic_write_text
 
@@ -115,4 +121,5 @@ def _run_and_report(model, tokenizer, config, texts, compare, record, plot, show
     if plot is not None:
         save_trace_plot([(run.item.label.strip(), run.tnot.records) for run in result.runs], plot, title)
         console.print(f"[dim]wrote {plot}[/]")
-    write_json(json_path, {"model": config.model.name, "recipe": to_mapping(config), **result.to_dict()})
+    sweep = {"sweep": sweep_rows(results)} if len(settings) > 1 else {}
+    write_json(json_path, {"model": config.model.name, "recipe": to_mapping(config), **result.to_dict(), **sweep})

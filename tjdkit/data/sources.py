@@ -1,7 +1,8 @@
 """One entry point for every dataset: `dataset_rows(name, split, ...)`.
 
 Every source yields rows with exactly the keys prompt, answer, text (= prompt + answer)
-and target (a float, or None where the data has no numeric answer).
+and target (a float; the accepted answers, a list of strings, where the answer is text;
+None where the data has no answer to score).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Optional
 from tjdkit.data.splits import check_split
 from tjdkit.errors import TjdkitError
 
-DATASETS = ("stemp", "sharegpt", "gsm8k", "smiles")
+DATASETS = ("stemp", "sharegpt", "gsm8k", "smiles", "capitals")
 
 
 def dataset_splits(name: str) -> tuple[str, ...]:
@@ -35,6 +36,10 @@ def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 
         from tjdkit.data.sharegpt import sharegpt_rows
 
         return sharegpt_rows(split, size, seed, tokenizer)
+    if name == "capitals":
+        from tjdkit.data.capitals import capitals_rows
+
+        return capitals_rows(split, size, seed)
     if name == "smiles":
         from tjdkit.data.smiles import smiles_rows
 

@@ -2,7 +2,9 @@
 
 The plain model is `tjdkit.decoding.generate` (KV-cached, one forward per token), the
 same per-token work TNOT does, so latency differences are TNOT's own. With `compare`,
-both run on every prompt in one process after a warm-up, alternating which goes first.
+both run on every prompt in one process after a warm-up, rotating which goes first. A
+sweep runs several TNOT settings the same way, beside one plain run per prompt. Accuracy
+differences come with a paired-bootstrap interval over the prompts (tjdkit.evaluation.paired).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tjdkit.config import GenerationSection, PromptsSection
 from tjdkit.decoding import Sampling, generate
 from tjdkit.errors import TjdkitError
 from tjdkit.evaluation.answers import is_correct
+from tjdkit.evaluation.paired import paired_bootstrap
 from tjdkit.tnot.config import TnotConfig
 from tjdkit.tnot.generate import TnotResult, TokenRecord, tnot_generate
 
@@ -24,7 +27,7 @@ from tjdkit.tnot.generate import TnotResult, TokenRecord, tnot_generate
 class PromptItem:
     label: str  # the prompt as the user wrote it (or the dataset's prompt)
     ids: list[int]  # what the model sees, chat template and special tokens included
-    target: Optional[float] = None  # the numeric answer, for datasets that have one
+    target: Optional[float | list[str]] = None  # the answer (a number, or accepted texts), for datasets that have one
 
 
 @dataclass
@@ -67,6 +70,8 @@ class TnotRun:
         after = [r.tnot.prompt_ce_after for r in self.runs if r.tnot.prompt_losses]
         row["prompt_ce_before"] = sum(before) / len(before) if before else None
         row["prompt_ce_after"] = sum(after) / len(after) if after else None
+        pairs = [(r.plain_correct, r.correct) for r in plain if r.plain_correct is not None and r.correct is not None]
+        row["difference"] = paired_bootstrap(*zip(*pairs)).to_dict() if pairs else None  # tnot - plain accuracy
         rows.append(row)
         return rows
 
@@ -91,6 +96,7 @@ def _row(mode: str, tokens: list[int], seconds: float, correct: list[Optional[bo
         "forced_ends": None,
         "prompt_ce_before": None,
         "prompt_ce_after": None,
+        "difference": None,
     }
 
 
@@ -112,7 +118,7 @@ def prompt_items(tokenizer, texts: list[str], prompts: PromptsSection, model_nam
             items.append(PromptItem(text, ids))
         return items
     if prompts.dataset is None:
-        raise TjdkitError("give a prompt (tjdkit tnot \"What is 3 C in F?\") or --dataset stemp|gsm8k")
+        raise TjdkitError("give a prompt (tjdkit tnot \"What is 3 C in F?\") or --dataset capitals|stemp|gsm8k")
     from tjdkit.data.sources import dataset_rows
 
     rows = dataset_rows(prompts.dataset, prompts.split, prompts.limit, prompts.seed)
@@ -132,46 +138,98 @@ def run_prompts(
     on_done: Optional[Callable[[int, PromptRun], None]] = None,
 ) -> TnotRun:
     """TNOT on every prompt (batch size 1, so each prompt's latency is its own), and the plain model with `compare`."""
+    return run_settings(model, tokenizer, items, {"tnot": config}, generation, compare=compare, eos_token_ids=eos_token_ids,
+                        on_token=on_token, on_done=on_done)["tnot"]
+
+
+def run_settings(
+    model,
+    tokenizer,
+    items: list[PromptItem],
+    configs: dict[str, TnotConfig],
+    generation: GenerationSection,
+    *,
+    compare: bool = False,
+    eos_token_ids: Optional[list[int]] = None,
+    on_token: Optional[Callable[[int, TokenRecord], None]] = None,
+    on_done: Optional[Callable[[int, PromptRun], None]] = None,
+) -> dict[str, TnotRun]:
+    """Every TNOT setting (by label) on every prompt, and with `compare` the plain model once per
+    prompt, shared by all settings. Per prompt the runs rotate which goes first, so drift in
+    machine speed falls on all of them. `on_token` sees the first setting's tokens; `on_done`
+    its result once every run of the prompt is done."""
     sampling = Sampling.from_generation(generation)
-    generator = torch.Generator().manual_seed(generation.seed) if generation.seed is not None else None
     eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
     device = next(model.parameters()).device
-    kwargs = dict(eos_token_ids=eos, temperature=generation.temperature, top_k=sampling.top_k,
-                  top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty, generator=generator)
+    first = next(iter(configs))
 
-    def plain(ids: torch.Tensor, limit: int):
-        return generate(model, ids, mode="ar", max_new_tokens=limit, **kwargs)
+    def generator(index: int):  # every run of a prompt draws the same random numbers (paired comparisons)
+        return torch.Generator().manual_seed((generation.seed + index) % 2**63) if generation.seed is not None else None
 
-    def tnot(ids: torch.Tensor, limit: int, index: int = 0) -> TnotResult:
-        report = (lambda _row, record: on_token(index, record)) if on_token is not None else None
-        return tnot_generate(model, ids, config=config, max_new_tokens=limit, eos_token_ids=eos, sampling=sampling,
-                             generator=generator, on_token=report)[0]
+    def plain(ids: torch.Tensor, limit: int, index: int = 0):
+        return generate(model, ids, mode="ar", max_new_tokens=limit, eos_token_ids=eos, temperature=generation.temperature,
+                        top_k=sampling.top_k, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
+                        generator=generator(index))
+
+    def tnot(label: str, ids: torch.Tensor, limit: int, index: int = 0) -> TnotResult:
+        report = None
+        if on_token is not None and label == first:
+            report = lambda _row, record: on_token(index, record)  # noqa: E731
+        return tnot_generate(model, ids, config=configs[label], max_new_tokens=limit, eos_token_ids=eos, sampling=sampling,
+                             generator=generator(index), on_token=report)[0]
 
     if compare and items:  # warm-up: the first calls pay for allocations the others reuse
         ids = torch.tensor([items[0].ids], device=device)
         plain(ids, 4)
-        tnot_generate(model, ids, config=config, max_new_tokens=4, eos_token_ids=eos, sampling=sampling)
-    result = TnotRun()
+        tnot(first, ids, 4)
+    results = {label: TnotRun() for label in configs}
     for index, item in enumerate(items):
         ids = torch.tensor([item.ids], device=device)
-        plain_out = None
-        if compare and index % 2 == 0:
-            plain_out = plain(ids, generation.max_new_tokens)
-        outcome = tnot(ids, generation.max_new_tokens, index)
-        if compare and index % 2 == 1:
-            plain_out = plain(ids, generation.max_new_tokens)
-        text = tokenizer.decode(outcome.tokens, skip_special_tokens=True)
-        run = PromptRun(item, outcome, text, _score(text, item.target))
-        if plain_out is not None:
-            tokens, stats = plain_out
-            run.plain_tokens, run.plain_seconds = tokens, stats.seconds
-            run.plain_text = tokenizer.decode(tokens, skip_special_tokens=True)
-            run.plain_correct = _score(run.plain_text, item.target)
-        result.runs.append(run)
+        order = (["plain"] if compare else []) + list(configs)
+        shift = index % len(order)
+        outcomes = {}
+        for label in order[shift:] + order[:shift]:
+            limit = generation.max_new_tokens
+            outcomes[label] = plain(ids, limit, index) if label == "plain" else tnot(label, ids, limit, index)
+        for label in configs:
+            outcome = outcomes[label]
+            text = tokenizer.decode(outcome.tokens, skip_special_tokens=True)
+            run = PromptRun(item, outcome, text, _score(text, item.target))
+            if compare:
+                tokens, stats = outcomes["plain"]
+                run.plain_tokens, run.plain_seconds = tokens, stats.seconds
+                run.plain_text = tokenizer.decode(tokens, skip_special_tokens=True)
+                run.plain_correct = _score(run.plain_text, item.target)
+            results[label].runs.append(run)
         if on_done is not None:
-            on_done(index, run)
-    return result
+            on_done(index, results[first].runs[-1])
+    return results
 
 
-def _score(text: str, target: Optional[float]) -> Optional[bool]:
+def sweep_configs(recipe) -> dict[str, TnotConfig]:
+    """{label: TnotConfig}: the recipe's `tnot` section, then one setting per `sweep` entry (that
+    section with the entry's keys changed), each checked as a recipe's `tnot` section would be."""
+    from tjdkit.recipes import from_mapping, to_mapping
+
+    settings = {"tnot": recipe.tnot}
+    for index, change in enumerate(recipe.sweep):
+        if not change:
+            raise TjdkitError(f"sweep[{index}] changes nothing: give the tnot keys it sets, e.g. {{steps: 1}}")
+        label = "tnot " + ", ".join(f"{key}={value}" for key, value in change.items())
+        settings[label] = from_mapping(TnotConfig, {**to_mapping(recipe.tnot), **change}, source=f"sweep[{index}]")
+    return settings
+
+
+def sweep_rows(results: dict[str, TnotRun]) -> list[dict]:
+    """One table for a sweep: the plain row (once), then each setting's TNOT row, labelled."""
+    rows = []
+    for label, result in results.items():
+        summary = result.rows()
+        if not rows and summary[0]["mode"] == "plain":
+            rows.append(summary[0])
+        rows.append({**summary[-1], "mode": label})
+    return rows
+
+
+def _score(text: str, target: Optional[float | list[str]]) -> Optional[bool]:
     return None if target is None else is_correct(text, target)

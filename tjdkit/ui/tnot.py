@@ -166,6 +166,14 @@ def tnot_progress(console: Console, out: Console, title: str, total: int, shown:
         yield on_token, on_done
 
 
+def difference_text(difference: dict | None) -> str:
+    """'+2.5 pts [-1.0, +6.0]': the accuracy difference and its interval, in percentage points."""
+    if not difference:
+        return "-"
+    return (f"{100 * difference['difference']:+.1f} pts "
+            f"[{100 * difference['low']:+.1f}, {100 * difference['high']:+.1f}]")
+
+
 def _or_dash(value, form: str) -> str:
     return "-" if value is None else form.format(value)
 
@@ -173,8 +181,8 @@ def _or_dash(value, form: str) -> str:
 def compare_table(rows: list[dict], title: str) -> Table:
     """TNOT beside plain decoding: accuracy, speed, and what the trigger and prompt stage did."""
     table = Table(title=title)
-    for column in ("mode", "prompts", "accuracy", "tokens", "s/prompt", "ms/token", "tok/s", "latency vs plain",
-                   "reflections", "forced ends", "prompt CE"):
+    for column in ("mode", "prompts", "accuracy", "vs plain (CI)", "tokens", "s/prompt", "ms/token", "tok/s",
+                   "latency vs plain", "reflections", "forced ends", "prompt CE"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for row in rows:
         before, after = row["prompt_ce_before"], row["prompt_ce_after"]
@@ -182,6 +190,7 @@ def compare_table(rows: list[dict], title: str) -> Table:
             row["mode"],
             str(row["prompts"]),
             _or_dash(row["accuracy"], "{:.1%}"),
+            difference_text(row.get("difference")),
             str(row["new_tokens"]),
             f"{row['seconds_per_prompt']:.2f}",
             f"{row['ms_per_token']:.1f}",
