@@ -14,7 +14,7 @@ rotating order so that drift in machine speed spreads evenly over the modes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -150,10 +150,9 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
     totals = DecodeStats(mode)
     for run in runs:
-        totals.add(len(run.tokens), run.forwards, run.seconds)
-        if run.stats is not None:
-            totals.add(0, 0, 0.0, run.stats.accepted, run.stats.offered, run.stats.lookup_steps, run.stats.tree_steps,
-                       run.stats.output_rows)
+        loop = run.stats or DecodeStats(mode)  # the loop's own counts; transformers' modes have none
+        # the run's tokens, forwards (counted on the model) and time, with the loop's drafts, steps and rows
+        totals.merge(replace(loop, new_tokens=len(run.tokens), forwards=run.forwards, seconds=run.seconds))
     row = {
         "new_tokens": totals.new_tokens,
         "seconds": totals.seconds,
