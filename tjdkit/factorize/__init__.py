@@ -14,6 +14,10 @@ One layer by hand:
     tucker = tucker_layer(W, ranks)
     install_factorized(attn, model.config, tucker)         # or materialize(attn, config, tucker.reconstruct())
 
+The seed's names (seed 003) work too: `factorize_all_layers_with_shared_factors(model)`,
+`adaptive_rank_selection`, `contextual_tensor_decomposition`, `apply_contextual_tensor_decomposition`,
+`convert_from_standard_weights` (see `seed_names`).
+
 The core takes specs and tensors and raises TjdkitError on user mistakes; the CLI renders.
 """
 
@@ -23,6 +27,13 @@ from tjdkit.factorize.convert import FactorizeOptions, FactorizeReport, LayerRes
 from tjdkit.factorize.rank import DEFAULT_ENERGY, auto_ranks, mode_spectra
 from tjdkit.factorize.budget import compression_ranks
 from tjdkit.factorize.saving import load_factorized, save_factorized
+from tjdkit.factorize.seed_names import (
+    adaptive_rank_selection,
+    apply_contextual_tensor_decomposition,
+    contextual_tensor_decomposition,
+    convert_from_standard_weights,
+    factorize_all_layers_with_shared_factors,
+)
 from tjdkit.factorize.tpa import TpaAttention, auto_tpa_ranks, convert_layer, head_spectra, parse_tpa_rank
 from tjdkit.factorize.specs import MODE_NAMES, check_rank, parse_layers, parse_rank
 from tjdkit.factorize.tucker import (
@@ -43,6 +54,11 @@ from tjdkit.factorize.tucker import (
 
 __all__ = [
     "DEFAULT_ENERGY",
+    "adaptive_rank_selection",
+    "apply_contextual_tensor_decomposition",
+    "contextual_tensor_decomposition",
+    "convert_from_standard_weights",
+    "factorize_all_layers_with_shared_factors",
     "FactorizeOptions",
     "FactorizeReport",
     "LayerResult",

@@ -57,7 +57,7 @@ def calibration_ids(spec: str, tokenizer, tokens: int = 512) -> Tensor:
     else:
         path = Path(text_spec).expanduser()
         looks_like_path = text_spec.endswith((".txt", ".md")) or ("/" in text_spec and "\n" not in text_spec and " " not in text_spec)
-        if path.is_file():
+        if _is_file(path):
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -74,6 +74,14 @@ def calibration_ids(spec: str, tokenizer, tokens: int = 512) -> Tensor:
             f"calibration text too short: {ids.shape[1]} tokens, need at least {MIN_CALIBRATION_TOKENS}"
         )
     return ids
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False for text too long to be a file name (stat raises ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 @torch.no_grad()
