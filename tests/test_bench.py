@@ -59,11 +59,14 @@ def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_
     assert result["dtype_agreement"]["fp16-weights"]["prompts"] == 2
     assert "fp16-weights over float32" in " ".join(out.split())
 
-    code, out, err = run_cli(*BENCH, "--modes", "ar,verify", "--json", str(tmp_path / "c.json"))
+    code, out, err = run_cli(*BENCH, "--modes", "ar,verify,assisted", "--json", str(tmp_path / "c.json"))
     assert code == 0, err
     assert "using the cached cp head" in " ".join(err.split()) and "training" not in err
     again = json.loads((tmp_path / "c.json").read_text())
-    assert not again["head"]["trained_now"] and list(again["modes"]) == ["ar", "verify"]
+    assert not again["head"]["trained_now"] and list(again["modes"]) == ["ar", "verify", "assisted"]
+    # transformers' generate drafting with the same head: lossless, and tau from its own counts
+    assert again["parity"] is True and again["outputs"]["assisted"] == again["outputs"]["ar"]
+    assert again["modes"]["assisted"]["tau"] >= 1.0 and "assisted" in out
     assert again["head"]["run_dir"] == result["head"]["run_dir"]
 
 

@@ -6,9 +6,10 @@
 Modes: tjdkit's own `ar`, `draft` and `verify` (tjdkit.decoding), and two transformers
 baselines on the same model: `hf` (its plain greedy `generate`, to show tjdkit's `ar` is
 a fair reference) and `lookup` (its assisted decoding with prompt lookup, the peer
-lossless speed-up that needs no trained drafter). All greedy. Each mode runs once on a
-short generation before timing (warm-up); then, prompt by prompt, every mode runs in a
-rotating order so that drift in machine speed spreads evenly over the modes.
+lossless speed-up that needs no trained drafter); `assisted`, asked for by name, is transformers'
+generate drafting with the head (`tjdkit.attach_head`): the head's drafts in transformers' own loop.
+All greedy. Each mode runs once on a short generation before timing (warm-up); then, prompt by
+prompt, every mode runs in a rotating order so that drift in machine speed spreads evenly over the modes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from tjdkit.bench.measure import ForwardCounter, PeakMemory
-from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, LOSSLESS, NEEDS_HEAD, PLAIN
+from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, LOSSLESS, NEEDS_HEAD, PLAIN, VERIFYING
 from tjdkit.decoding import DecodeStats, parse_modes
 from tjdkit.decoding.drafters import DRAFTERS, LOOKUP_TOKENS  # hf's lookup mode and tjdkit's lookup drafts alike
 from tjdkit.errors import TjdkitError
@@ -105,7 +106,7 @@ class Run:
 
 
 def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int], drafter: str) -> Run:
-    from tjdkit.decoding import generate
+    from tjdkit.decoding import attach_head, detach_head, generate
 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], device=device)
@@ -117,17 +118,23 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
             start = time.perf_counter()
             stats = None
             with torch.inference_mode():
-                if mode in ("hf", "lookup"):
+                if mode in ("hf", "lookup", "assisted"):
                     extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if mode == "lookup" else {}
-                    output = model.generate(
-                        ids,
-                        attention_mask=torch.ones_like(ids),
-                        do_sample=False,
-                        max_new_tokens=max_new_tokens,
-                        eos_token_id=eos,
-                        pad_token_id=eos[0],
-                        **extra,
-                    )
+                    attached = attach_head(model, head) if mode == "assisted" else None
+                    try:
+                        output = model.generate(
+                            ids,
+                            attention_mask=torch.ones_like(ids),
+                            do_sample=False,
+                            max_new_tokens=max_new_tokens,
+                            eos_token_id=eos,
+                            pad_token_id=eos[0],
+                            **extra,
+                        )
+                    finally:
+                        if attached is not None:
+                            detach_head(model)
+                    stats = attached.stats if attached is not None else None  # the head's forwards and drafts
                     tokens = output[0, ids.shape[1] :].tolist()
                 else:
                     tokens, stats = generate(model, ids, mode=mode, head=head, max_new_tokens=max_new_tokens, eos_token_ids=eos,
@@ -148,7 +155,7 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 
 
 def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
-    totals = DecodeStats(mode)
+    totals = DecodeStats("verify" if mode in VERIFYING else mode)
     for run in runs:
         loop = run.stats or DecodeStats(mode)  # the loop's own counts; transformers' modes have none
         # the run's tokens, forwards (counted on the model) and time, with the loop's drafts, steps and rows
@@ -163,10 +170,11 @@ def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
         "tokens_per_forward": totals.tokens_per_forward,
         "peak_memory_mb": max((run.peak_bytes for run in runs), default=0) / 2**20,
     }
-    if mode == "verify":
+    if mode in VERIFYING:
         row["tau"] = totals.tau
         row["acceptance_by_position"] = totals.acceptance_by_position()
         row["drafts_per_step"] = horizon - 1  # the head's; a lookup step offers up to LOOKUP_TOKENS
+    if mode == "verify":
         row["lookup_share"] = totals.lookup_steps / totals.steps if totals.steps else 0.0  # steps drafted by lookup
         row["tree_share"] = totals.tree_steps / totals.steps if totals.steps else 0.0  # of which the copy and the head as two branches
         row["output_rows_per_step"] = totals.output_rows / totals.steps if totals.steps else 0.0  # logits rows computed

@@ -15,6 +15,7 @@ MODE_NOTES = {
     "draft": "joint head alone (lossy)",
     "verify": "joint head + verification (lossless)",
     "lookup": "transformers prompt lookup (lossless)",
+    "assisted": "transformers generate drafting with the head (lossless)",
 }
 
 
