@@ -10,6 +10,9 @@ Heads: "stp" (next token only), "multihead" (H independent heads), "cp" (rank-R 
 of products), "mps" (matrix product state with bond dimension R). Options, shared by
 all: embedding_dim, positivity, draft_vocab, lm_head_weight, freeze_decoder, init_noise
 (see `JointHead`). `build_head(**head.config())` rebuilds a head for its state_dict.
+
+Sharing (`heads.hub`): `head.save_pretrained(DIR, base_model=...)`, `JointHead.from_pretrained(DIR or
+"owner/name")` (the right subclass; safetensors + JSON, never pickle), `head.push_to_hub("owner/name")`.
 """
 
 from __future__ import annotations

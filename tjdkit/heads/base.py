@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from tjdkit.errors import TjdkitError
+from tjdkit.heads.hub import HubMixin
 from tjdkit.heads.positivity import POSITIVITY, log_factors
 from tjdkit.kernels import output_layer
 
@@ -47,7 +48,7 @@ def available_memory() -> Optional[int]:
         return None
 
 
-class JointHead(nn.Module, metaclass=abc.ABCMeta):
+class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
     """Base class: p(y_1..y_H | hidden) with exact `log_prob` and conditional-exact `draft`.
 
     Args:

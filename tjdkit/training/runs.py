@@ -4,7 +4,9 @@
     RUN/metrics.jsonl      one line per step
     RUN/best/, RUN/last/   checkpoints, each written atomically:
         checkpoint.json    head config, base model, backbone mode, which backbone weights to use
-        head.safetensors
+        head.safetensors + config.json + README.md
+                           a head directory (tjdkit.heads.hub): JointHead.from_pretrained(RUN/best) loads it,
+                           and the directory can be pushed to the hub as it is
         backbone.safetensors   the backbone weights that trained (last_layer, full)
         adapter/               LoRA adapter (lora)
         trainer_state.safetensors + trainer_state.json
@@ -13,6 +15,9 @@
 
 Verified decoding must run the head on the backbone it was trained with, so a checkpoint
 names its backbone weights: "base" (frozen) or the trained weights stored beside the head.
+Where a run is expected (load_run, chat --head, bench --head-dir), a checkpoint directory, a
+head directory written by save_pretrained, or a hub id of one does as well (backbone "base").
+Checkpoints written before head directories (no config.json) still load.
 """
 
 from __future__ import annotations
@@ -45,13 +50,24 @@ def save_checkpoint(
     model,
     info: dict[str, Any],
     trainer_state: Optional[dict] = None,
+    card: Optional[dict] = None,
 ) -> None:
-    """Write one checkpoint directory atomically; `info` lands in checkpoint.json."""
+    """Write one checkpoint directory atomically; `info` lands in checkpoint.json.
+
+    It is a head directory too (head.safetensors, config.json, README.md); `card` adds metrics
+    and training facts ({"metrics": {...}, "training": {...}}) to its config and model card."""
     from safetensors.torch import save_file
 
+    from tjdkit.heads import hub
+
     mode = info["backbone_mode"]
+    card = card or {}
+    training = {"dataset": info.get("dataset"), "backbone_mode": mode, "step": info.get("step"), **card.get("training", {})}
+    metrics = {"eval_nll": info.get("eval_nll"), **card.get("metrics", {})}
+    config = hub.head_metadata(head, base_model=info["model"], base_model_revision=info.get("model_revision"),
+                               metrics=metrics, training=training)
     with atomic_directory(directory) as tmp:
-        save_file(_cpu_state(head.state_dict()), str(tmp / "head.safetensors"))
+        hub.write_head_files(tmp, head, config, where=str(directory))
         if mode == "lora":
             model.save_pretrained(tmp / "adapter")
         elif mode in ("last_layer", "full"):
@@ -69,7 +85,17 @@ def _cpu_state(state: dict) -> dict:
 
 
 def read_checkpoint(directory: Path) -> dict:
-    """A joint-head checkpoint's metadata (a Hyformer run's checkpoints are models, not heads)."""
+    """A joint-head checkpoint's metadata (a Hyformer run's checkpoints are models, not heads);
+    a head directory without checkpoint.json reads as a checkpoint on its base model's own weights."""
+    from tjdkit.heads import hub
+
+    if not (directory / CHECKPOINT).exists() and hub.is_head_dir(directory):
+        config = hub.read_config(directory)
+        if not isinstance(config.get("base_model"), str):
+            raise TjdkitError(f"{directory} names no base model (config.json base_model is null): "
+                              "load it with JointHead.from_pretrained and attach it to a model yourself")
+        return {"model": config["base_model"], "head": hub.head_config(config), "backbone_weights": "base",
+                "backbone_mode": "frozen", "head_dir": True}
     try:
         info = json.loads((directory / CHECKPOINT).read_text())
     except FileNotFoundError:
@@ -106,6 +132,7 @@ def load_head(directory: Path, device: Any = "cpu"):
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = " ".join(lines[:2])[:240] if lines else type(exc).__name__
         raise TjdkitError(f"corrupt or missing head weights in {directory}: {reason}") from None
+    head.hub_info = {"base_model": info["model"], "base_model_revision": info.get("model_revision")}
     return head.to(device).eval()
 
 
@@ -143,13 +170,24 @@ def apply_backbone(model, directory: Path, info: dict):
 
 
 def checkpoint_dir(run_dir: str | Path, which: str = "best") -> Path:
-    run_dir = Path(run_dir)
+    """A run's `which` checkpoint (else the other one); a checkpoint or head directory itself; or a
+    hub id of a head directory, downloaded (safetensors and JSON only)."""
+    from tjdkit.heads import hub
+
+    text = str(run_dir)
+    run_dir = Path(run_dir).expanduser()
     if not run_dir.exists():
+        if hub.looks_like_hub_id(text):
+            return hub.resolve(text)
         raise TjdkitError(f"run directory not found: {run_dir}")
+    if run_dir.is_file() and run_dir.suffix.lower() in hub.PICKLE_SUFFIXES:
+        hub.resolve(run_dir)  # refuses pickles with one line
     for candidate in (which, "last", "best"):
         if (run_dir / candidate / CHECKPOINT).is_file():
             return run_dir / candidate
-    raise TjdkitError(f"{run_dir} holds no checkpoint (expected {run_dir}/best or {run_dir}/last)")
+    if (run_dir / CHECKPOINT).is_file() or hub.is_head_dir(run_dir):
+        return run_dir
+    raise TjdkitError(f"{run_dir} holds no checkpoint (expected {run_dir}/best, {run_dir}/last or a head directory)")
 
 
 @dataclass
@@ -161,19 +199,28 @@ class LoadedRun:
     directory: Path
 
 
-def load_run(run_dir: str | Path, which: str = "best", dtype: str = "auto", device: str = "auto") -> LoadedRun:
-    """The base model with the run's backbone weights, its tokenizer, and the trained head."""
+def load_run(run_dir: str | Path, which: str = "best", dtype: str = "auto", device: str = "auto",
+             model_name: Optional[str] = None) -> LoadedRun:
+    """The base model with the run's backbone weights, its tokenizer, and the trained head.
+
+    `run_dir` may also be a checkpoint or head directory, or a hub id of one; `model_name` loads
+    another model than the one the head names (a head that does not fit it is one clear line)."""
     from tjdkit.models import load_model
     from tjdkit.models.quantize import WEIGHT_FORMATS, quantize_weights
 
     directory = checkpoint_dir(run_dir, which)
     info = read_checkpoint(directory)
     quantized = dtype in WEIGHT_FORMATS  # the run's backbone weights go in first, then the weights are quantised
+    if model_name:
+        info = {**info, "model": model_name}
     model, tokenizer = load_model(info["model"], dtype="float32" if quantized else dtype, device=device)
     model = apply_backbone(model, directory, info).eval()
     if quantized:
         quantize_weights(model)
     head = load_head(directory, model.device)
+    from tjdkit.heads.hub import check_fits
+
+    check_fits(head, model, info["model"])
     return LoadedRun(model, tokenizer, head, info, directory)
 
 
