@@ -6,6 +6,7 @@ so `AutoModelForCausalLM.from_pretrained(dir)` and tjdkit's `load_model(dir)` lo
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from tjdkit.models.hyformer.checkpoint import HyformerCheckpoint
 from tjdkit.models.hyformer.config import HyformerConfig
 from tjdkit.models.hyformer.layers import KVCache
 from tjdkit.models.hyformer.losses import IGNORE_INDEX, compute_lm_loss, compute_mlm_loss, compute_prediction_loss
@@ -20,6 +21,7 @@ __all__ = [
     "IGNORE_INDEX",
     "TASKS",
     "Hyformer",
+    "HyformerCheckpoint",
     "HyformerConfig",
     "HyformerModel",
     "KVCache",

@@ -5,7 +5,6 @@ Shapes: B batch, T new tokens, S keys (cached + new), H heads, d head size, D mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -18,14 +17,23 @@ from tjdkit.models.hyformer.config import HyformerConfig
 CacheUpdate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-@dataclass
 class KVCache:
-    """One layer's keys and values so far, [B, H, S, d]: the cache `forward(kv_caches=...)` passes around."""
+    """One layer's keys and values so far, [B, H, S, d]: the cache `forward(kv_caches=...)` passes around.
 
-    key: Optional[Tensor] = None
-    value: Optional[Tensor] = None
+    `KVCache()` starts empty. The seed's signature `KVCache(d_model, n_heads, max_seq_len)` works too;
+    the sizes given are then checked on every update, so a cache cannot be reused with the wrong model."""
+
+    def __init__(self, d_model: Optional[int] = None, n_heads: Optional[int] = None, max_seq_len: Optional[int] = None,
+                 *, key: Optional[Tensor] = None, value: Optional[Tensor] = None):
+        self.d_model, self.n_heads, self.max_seq_len = d_model, n_heads, max_seq_len
+        self.key, self.value = key, value
 
     def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        _, heads, new, size = key.shape
+        if (self.n_heads is not None and heads != self.n_heads) or (self.d_model is not None and heads * size != self.d_model):
+            raise ValueError(f"keys of {heads} heads x {size} do not fit this KVCache (d_model {self.d_model}, n_heads {self.n_heads})")
+        if self.max_seq_len is not None and self.length + new > self.max_seq_len:
+            raise ValueError(f"{self.length + new} tokens exceed this KVCache's max_seq_len ({self.max_seq_len})")
         if self.key is not None:
             key, value = torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2)
         self.key, self.value = key, value
