@@ -24,6 +24,8 @@ _PUBLIC = {
     "generate": "tjdkit.decoding",
     "acceptance": "tjdkit.decoding",
     "DecodeStats": "tjdkit.decoding",
+    "attach_head": "tjdkit.decoding",
+    "detach_head": "tjdkit.decoding",
     "train": "tjdkit.training",
     "evaluate": "tjdkit.evaluation",
     "run_bench": "tjdkit.bench",
@@ -67,7 +69,12 @@ def _wire_factorized_directories() -> None:
 
         return load_factorized(directory, torch_dtype)
 
-    register_directory_format(DirectoryFormat("tjdkit-factorized", claims, load))
+    def owns_code(config):
+        from tjdkit.factorize.saving import owns_code
+
+        return owns_code(config)
+
+    register_directory_format(DirectoryFormat("tjdkit-factorized", claims, load, owns_code))
 
 
 _wire_factorized_directories()

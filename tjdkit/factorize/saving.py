@@ -6,6 +6,12 @@ tokenizer) whose config carries `tjdkit_factorization`: the method and each laye
 Loading builds the model from its config, swaps in empty factorised modules of those
 ranks, then loads the weights strictly. Materialised (dense) Tucker needs none of this:
 it loads like any model, and the metadata is kept only as a record.
+
+A directory with factorised modules also carries their code, `modeling_tjdkit_factorized.py`
+(copied verbatim: it is the file tjdkit runs), and a config whose model_type is
+"tjdkit_factorized" with an auto_map, so plain transformers loads it with
+trust_remote_code=True and refuses it without, rather than building the dense architecture
+and silently re-initialising the attention. tjdkit loads it with its own code, never the copy.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import torch
 
 from tjdkit.errors import TjdkitError
+from tjdkit.factorize.modeling_tjdkit_factorized import AUTO_MAP, METHODS, MODEL_TYPE, write_remote_code
 
 METADATA_KEY = "tjdkit_factorization"
 
@@ -31,11 +38,18 @@ def save_factorized(model, tokenizer, out: str | Path, metadata: dict, force: bo
         with atomic_directory(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            if not metadata.get("materialized", False):
+                write_remote_code(tmp, code=metadata.get("method") in METHODS)
             if report is not None:
                 (tmp / "factorize_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     finally:
         delattr(model.config, METADATA_KEY)
     return out
+
+
+def owns_code(config: dict) -> bool:
+    """config.json is that of a directory `save_factorized` wrote with its modeling file."""
+    return config.get("model_type") == MODEL_TYPE and config.get("auto_map") == AUTO_MAP and isinstance(config.get(METADATA_KEY), dict)
 
 
 def read_metadata(directory: str | Path) -> dict | None:
@@ -56,13 +70,17 @@ def needs_rebuild(directory: str | Path) -> bool:
 
 def load_factorized(directory: str | Path, torch_dtype: Any):
     """(model, tokenizer) of a directory written by `save_factorized`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tjdkit.factorize.modeling_tjdkit_factorized import base_config
 
     directory = Path(directory)
     metadata = read_metadata(directory)
     if not metadata:
         raise TjdkitError(f"{directory} holds no tjdkit factorization")
-    config = AutoConfig.from_pretrained(directory)
+    # The config is read as data (never through its auto_map): tjdkit runs its own code only.
+    config = base_config(json.loads((directory / "config.json").read_text(encoding="utf-8")))
+    config.__dict__.pop("auto_map", None)  # a plain save_pretrained of this model must not name code it lacks
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     _install_empty(model, config, metadata, directory)
     state = _read_state_dict(directory)
@@ -75,7 +93,7 @@ def load_factorized(directory: str | Path, torch_dtype: Any):
     if tied:
         model.tie_weights()
     model = model.to(torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory, config=config, trust_remote_code=False)
     return model, tokenizer
 
 
@@ -101,6 +119,10 @@ def _install_empty(model, config, metadata: dict, directory: Path) -> None:
             from tjdkit.factorize.tpa import install_empty
 
             install_empty(layer, config, ranks)
+        elif method == "latent":
+            from tjdkit.factorize.latent import install_empty_latent
+
+            install_empty_latent(layer, config, ranks)
         else:
             raise TjdkitError(f"{directory}: unknown factorization method {method!r}")
 

@@ -60,18 +60,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tjdkit.errors import TjdkitError
+from tjdkit.factorize import modeling_tjdkit_factorized as _modeling
+from tjdkit.factorize.modeling_tjdkit_factorized import TPA_ROLES, TpaFactors
 from tjdkit.factorize.rank import auto_ranks
 from tjdkit.factorize.specs import parse_rank_list
 from tjdkit.factorize.tucker import AttentionShape, attention_shape
 
-TPA_ROLES = ("q", "k", "v")
 TpaRank = tuple[int, int, int]  # (R_q, R_k, R_v)
 TpaRankSpec = Union[Literal["auto"], TpaRank]
 
 TPA_RANK_HELP = "use 'auto' or three positive integers 'R_q,R_k,R_v' like '2,1,1'"
-
-# Attributes of the original attention that its forward (or the model around it) reads.
-_KEPT_ATTRIBUTES = ("scaling", "attention_dropout", "is_causal", "sliding_window", "layer_type", "is_sliding")
 
 
 # ---- specs and sizes --------------------------------------------------------------------
@@ -115,7 +113,7 @@ def dense_kv_numbers_per_token(shape: AttentionShape) -> int:
 
 
 def _checked_shape(attn: nn.Module, config: Any) -> AttentionShape:
-    if isinstance(attn, TpaAttention):
+    if isinstance(attn, _modeling.TpaAttention):
         raise TjdkitError("this attention layer is already converted to TPA")
     shape = attention_shape(attn, config)
     if getattr(attn, "attn_logit_softcapping", None) is not None:
@@ -148,31 +146,6 @@ def auto_tpa_ranks(spectra: dict[str, Tensor], energy: float) -> TpaRank:
     return auto_ranks([spectra[role] for role in TPA_ROLES], energy)
 
 
-class TpaFactors(nn.Module):
-    """One role's factors: A = a(x) [..., R, h] and B = b(x) [..., R, d_h] (a.bias = a0, b.bias = b0)."""
-
-    def __init__(self, d_model: int, heads: int, head_dim: int, rank: int):
-        super().__init__()
-        self.rank, self.heads, self.head_dim = rank, heads, head_dim
-        self.a = nn.Linear(d_model, rank * heads, bias=True)
-        self.b = nn.Linear(d_model, rank * head_dim, bias=True)
-        for p in self.parameters():
-            nn.init.zeros_(p)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a = self.a(x).unflatten(-1, (self.rank, self.heads))  # [..., R, h]
-        b = self.b(x).unflatten(-1, (self.rank, self.head_dim))  # [..., R, d_h]
-        return a, b
-
-    def product(self, x: Tensor) -> Tensor:
-        """X(x) = sum_r A_r ⊗ B_r: [..., h, d_h]."""
-        a, b = self(x)
-        return torch.einsum("...rh,...rd->...hd", a, b)
-
-    def extra_repr(self) -> str:
-        return f"rank={self.rank}, heads={self.heads}, head_dim={self.head_dim}"
-
-
 def _kv_of_head(shape: AttentionShape, role: str, device: torch.device) -> Tensor:
     """[h]: the distinct head of `role` that query head i uses."""
     group = 1 if role == "q" else shape.group
@@ -201,39 +174,13 @@ def _svd_factors(attn: nn.Module, shape: AttentionShape, rank: TpaRank) -> dict[
 # ---- the attention ---------------------------------------------------------------------------
 
 
-def _norm_eps(norm: nn.Module) -> float:
-    for name in ("eps", "variance_epsilon"):
-        if isinstance(getattr(norm, name, None), float):
-            return getattr(norm, name)
-    raise TjdkitError(f"unsupported norm {type(norm).__name__}: no eps or variance_epsilon")
-
-
-class TpaAttention(nn.Module):
-    """Drop-in for a decoder layer's `self_attn`: TPA factors tpa_q/k/v, the original o_proj and
-    q_norm/k_norm (same names, so their state-dict keys stay), a KV cache of factors."""
+class TpaAttention(_modeling.TpaAttention):
+    """Drop-in for a decoder layer's `self_attn` (the maths is in modeling_tjdkit_factorized, the
+    file saved directories carry); this subclass checks the attention and builds the factors."""
 
     def __init__(self, attn: nn.Module, config: Any, factors: dict[str, TpaFactors]):
-        super().__init__()
-        shape = _checked_shape(attn, config)
-        self.config = getattr(attn, "config", config)
-        self.layer_idx = attn.layer_idx
-        self.head_dim = shape.head_dim
-        self.num_key_value_groups = 1  # K/V are rebuilt with one head per query head
-        self.sliding_window = None
-        for name in _KEPT_ATTRIBUTES:
-            if hasattr(attn, name):
-                setattr(self, name, getattr(attn, name))
-        self.o_proj = attn.o_proj
-        for name in ("q_norm", "k_norm"):
-            norm = getattr(attn, name, None)
-            setattr(self, name, norm if isinstance(norm, nn.Module) else None)
-        reference = attn.o_proj.weight
-        self.tpa_q, self.tpa_k, self.tpa_v = (
-            factors[role].to(device=reference.device, dtype=reference.dtype) for role in TPA_ROLES
-        )
-        module = sys.modules[type(attn).__module__]
-        self._eager_attention = module.eager_attention_forward
-        self._apply_rope = module.apply_rotary_pos_emb
+        _checked_shape(attn, config)
+        super().__init__(attn, config, factors)
 
     @classmethod
     def from_attention(cls, attn: nn.Module, config: Any, rank: Sequence[int]) -> "TpaAttention":
@@ -248,83 +195,6 @@ class TpaAttention(nn.Module):
         rank = check_tpa_rank(rank, s)
         factors = {role: TpaFactors(s.d_model, s.heads, s.head_dim, r) for role, r in zip(TPA_ROLES, rank)}
         return cls(attn, config, factors)
-
-    @property
-    def rank(self) -> TpaRank:
-        return (self.tpa_q.rank, self.tpa_k.rank, self.tpa_v.rank)
-
-    def num_parameters(self) -> int:
-        """Parameters of the factors tpa_q/k/v (o_proj and norms are the original's)."""
-        return sum(p.numel() for f in (self.tpa_q, self.tpa_k, self.tpa_v) for p in f.parameters())
-
-    def extra_repr(self) -> str:
-        return f"rank={self.rank}"
-
-    def _fold_k_norm(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        """k_norm applied to the factors: A' = s_h A, B' = g ⊙ B (module doc). a [..., R, h], b [..., R, d_h]."""
-        eps = _norm_eps(self.k_norm)
-        k = torch.einsum("...rh,...rd->...hd", a.float(), b.float())  # [..., h, d_h]
-        inv_rms = torch.rsqrt(k.pow(2).mean(-1) + eps)  # [..., h]
-        ones = torch.ones(self.head_dim, device=b.device, dtype=torch.float32)
-        gain = self.k_norm(ones).float() * math.sqrt(1.0 + eps)  # [d_h]: w, or 1 + w for Gemma
-        return (a.float() * inv_rms.unsqueeze(-2)).to(a.dtype), (b.float() * gain).to(b.dtype)
-
-    @staticmethod
-    def _pack(a: Tensor, b: Tensor) -> Tensor:
-        """a [b, s, R, h], b [b, s, R, d_h] -> one cache entry [b, 1, s, R*(h+d_h)]."""
-        return torch.cat([a.flatten(-2), b.flatten(-2)], dim=-1).unsqueeze(1)
-
-    @staticmethod
-    def _expand(packed: Tensor, factors: TpaFactors) -> Tensor:
-        """Cached factors [b, 1, S, R*(h+d_h)] -> K or V [b, h, S, d_h]."""
-        r, h, d = factors.rank, factors.heads, factors.head_dim
-        packed = packed[:, 0]  # [b, S, R*(h+d_h)]
-        a = packed[..., : r * h].unflatten(-1, (r, h))  # [b, S, R, h]
-        b = packed[..., r * h :].unflatten(-1, (r, d))  # [b, S, R, d_h]
-        return torch.einsum("bsrh,bsrd->bhsd", a, b)
-
-    def forward(
-        self,
-        hidden_states: Tensor,
-        position_embeddings: Optional[tuple[Tensor, Tensor]] = None,
-        attention_mask: Optional[Tensor] = None,
-        cache: Any = None,
-        **kwargs: Any,
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        input_shape = hidden_states.shape[:-1]  # [b, s]
-        query = self.tpa_q.product(hidden_states).transpose(1, 2)  # [b, h, s, d_h]
-        if self.q_norm is not None:
-            query = self.q_norm(query)
-        a_k, b_k = self.tpa_k(hidden_states)  # [b, s, R_k, h], [b, s, R_k, d_h]
-        a_v, b_v = self.tpa_v(hidden_states)  # [b, s, R_v, h], [b, s, R_v, d_h]
-        if self.k_norm is not None:
-            a_k, b_k = self._fold_k_norm(a_k, b_k)
-
-        cos, sin = position_embeddings
-        query, b_k = self._apply_rope(query, b_k.transpose(1, 2), cos, sin)  # b_k [b, R_k, s, d_h]
-        key, value = self._pack(a_k, b_k.transpose(1, 2)), self._pack(a_v, b_v)  # [b, 1, s, R*(h+d_h)]
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)  # [b, 1, S, ...]
-        key, value = self._expand(key, self.tpa_k), self._expand(value, self.tpa_v)  # [b, h, S, d_h]
-
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, self._eager_attention
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            sliding_window=self.sliding_window,
-            **kwargs,
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # [b, s, h*d_h]
-        return self.o_proj(attn_output), attn_weights
 
 
 # ---- conversion -------------------------------------------------------------------------------

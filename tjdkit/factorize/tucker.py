@@ -35,10 +35,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from tjdkit.errors import TjdkitError
+from tjdkit.factorize.modeling_tjdkit_factorized import ROLES, FactorizedAttentionProjections, TuckerProjection
 from tjdkit.factorize.rank import gram_svd
 from tjdkit.factorize.specs import Rank, check_rank
 
-ROLES = ("q", "k", "v", "o")
 PROJECTIONS = tuple(f"{role}_proj" for role in ROLES)
 
 
@@ -228,119 +228,8 @@ def materialize(attn: nn.Module, config: Any, reconstructed: Tensor) -> None:
 # ---- writing back: factorized -------------------------------------------------------------
 
 
-class FactorizedAttentionProjections(nn.Module):
-    """The factors of one attention layer and the maths of its four projections.
-
-    Registered on the attention as `tucker`; q_proj..o_proj become `TuckerProjection`s
-    that call into it, so each tensor is stored once. The role factor is folded into
-    per-role cores, and K/V cores are averaged over the query heads of each KV head, so
-    the outputs equal `materialize`'s dense weights and the KV cache keeps its size.
-
-        u_dmodel  [d_model, R1]            shared by all heads and roles
-        u_headdim [head_dim, R2]           shared by all heads and roles
-        core_q    [heads, R1, R2]          core_k, core_v [kv_heads, R1, R2]   core_o [heads, R1, R2]
-        bias_q .. bias_o                   the original biases, when the layer has them
-    """
-
-    def __init__(
-        self,
-        u_dmodel: Tensor,
-        u_headdim: Tensor,
-        cores: dict[str, Tensor],
-        biases: Optional[dict[str, Optional[Tensor]]] = None,
-    ):
-        super().__init__()
-        self.u_dmodel = nn.Parameter(u_dmodel)
-        self.u_headdim = nn.Parameter(u_headdim)
-        for role in ROLES:
-            setattr(self, f"core_{role}", nn.Parameter(cores[role]))
-            bias = (biases or {}).get(role)
-            setattr(self, f"bias_{role}", None if bias is None else nn.Parameter(bias))
-
-    @classmethod
-    def from_tucker(
-        cls, tucker: TuckerAttention, shape: AttentionShape, biases: Optional[dict[str, Optional[Tensor]]] = None
-    ) -> "FactorizedAttentionProjections":
-        s = shape
-        sizes = (tucker.u_dmodel.shape[0], tucker.u_headdim.shape[0], tucker.core.shape[3])
-        if sizes != (s.d_model, s.head_dim, s.heads):
-            raise ValueError(f"decomposition with core {tuple(tucker.core.shape)} does not fit {s}")
-        g = tucker.role_cores()  # [4, heads, R1, R2]
-        r1, r2 = g.shape[-2:]
-        cores = {
-            "q": g[0],
-            "k": g[1].reshape(s.kv_heads, s.group, r1, r2).mean(dim=1),  # [kv_heads, R1, R2]
-            "v": g[2].reshape(s.kv_heads, s.group, r1, r2).mean(dim=1),
-            "o": g[3],
-        }
-        cores = {role: core.contiguous() for role, core in cores.items()}
-        return cls(tucker.u_dmodel.clone(), tucker.u_headdim.clone(), cores, biases)
-
-    @classmethod
-    def empty(
-        cls, shape: AttentionShape, r_dmodel: int, r_headdim: int, bias: bool = False
-    ) -> "FactorizedAttentionProjections":
-        """Zero-filled parameters of the right shapes, for loading a saved state dict into."""
-        s = shape
-        cores = {role: torch.zeros(s.kv_heads if role in "kv" else s.heads, r_dmodel, r_headdim) for role in ROLES}
-        kv_size = s.kv_heads * s.head_dim
-        out_sizes = {"q": s.heads * s.head_dim, "k": kv_size, "v": kv_size, "o": s.d_model}
-        biases = {role: torch.zeros(size) for role, size in out_sizes.items()} if bias else None
-        return cls(torch.zeros(s.d_model, r_dmodel), torch.zeros(s.head_dim, r_headdim), cores, biases)
-
-    def install(self, attn: nn.Module) -> None:
-        """Register on `attn` as `tucker` and replace q/k/v/o_proj by views of this module."""
-        attn.tucker = self
-        for role in ROLES:
-            setattr(attn, f"{role}_proj", TuckerProjection(self, role))
-
-    def project_in(self, role: str, x: Tensor) -> Tensor:
-        """q/k/v projection: x [..., d_model] -> [..., n * head_dim] (n = heads or kv_heads)."""
-        core = getattr(self, f"core_{role}")  # [n, R1, R2]
-        z = x @ self.u_dmodel  # [..., R1]
-        z = torch.einsum("...a,nab->...nb", z, core)  # [..., n, R2]
-        y = (z @ self.u_headdim.T).flatten(-2)  # [..., n, hd] -> [..., n * hd]
-        bias = getattr(self, f"bias_{role}")
-        return y if bias is None else y + bias
-
-    def project_out(self, x: Tensor) -> Tensor:
-        """o projection: x [..., heads * head_dim] -> [..., d_model], summing over heads."""
-        heads, head_dim = self.core_o.shape[0], self.u_headdim.shape[0]
-        z = x.unflatten(-1, (heads, head_dim)) @ self.u_headdim  # [..., heads, R2]
-        z = torch.einsum("...hb,hab->...a", z, self.core_o)  # [..., R1]
-        y = z @ self.u_dmodel.T  # [..., d_model]
-        return y if self.bias_o is None else y + self.bias_o
-
-    def dense_weight(self, role: str) -> Tensor:
-        """The nn.Linear weight this role's projection equals (for checks and reports)."""
-        core = getattr(self, f"core_{role}")  # [n, R1, R2]
-        slices = torch.einsum("ma,nab,db->mdn", self.u_dmodel, core, self.u_headdim)  # [d_model, hd, n]
-        if role == "o":
-            return slices.permute(0, 2, 1).flatten(1)  # [d_model, heads * hd]
-        return slices.permute(2, 1, 0).flatten(0, 1)  # [n * hd, d_model]
-
-
-class TuckerProjection(nn.Module):
-    """Stands in for q_proj, k_proj, v_proj or o_proj; the factors live in the shared module.
-
-    The shared module is held without registering it here, so its parameters appear
-    once in the state dict (under the attention's `tucker`), not four times.
-    """
-
-    def __init__(self, factors: FactorizedAttentionProjections, role: str):
-        super().__init__()
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r} (choose from {', '.join(ROLES)})")
-        self.role = role
-        object.__setattr__(self, "_factors", factors)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.role == "o":
-            return self._factors.project_out(x)
-        return self._factors.project_in(self.role, x)
-
-    def extra_repr(self) -> str:
-        return f"role={self.role}"
+# FactorizedAttentionProjections and TuckerProjection live in modeling_tjdkit_factorized, the file
+# saved factorised directories carry for plain transformers (imported at the top).
 
 
 def install_factorized(attn: nn.Module, config: Any, tucker: TuckerAttention) -> FactorizedAttentionProjections:

@@ -22,6 +22,11 @@ class DirectoryFormat:
     name: str
     claims: Callable[[str], bool]
     load: Callable[[str, Any], tuple]
+    # tjdkit's own formats save their modeling code for plain transformers (trust_remote_code).
+    # `owns_code(config)`: this config.json is that format's, model_type and exact auto_map; it then
+    # passes the custom-code check, because `load` builds it with tjdkit's installed classes and
+    # never imports the directory's copy.
+    owns_code: Optional[Callable[[dict], bool]] = None
 
 
 # Filled by the packages that write such directories (tjdkit/__init__ wires in factorize's), so
@@ -108,7 +113,7 @@ def load_model(
 
         check_model_directory(resolved.target)
         try:
-            special = next((known for known in DIRECTORY_FORMATS if known.claims(resolved.target)), None)
+            special = next((known for known in _directory_formats() if known.claims(resolved.target)), None)
             if special is not None:  # e.g. factorised attention: modules from_pretrained cannot build
                 model, tokenizer = special.load(resolved.target, torch_dtype)
             else:
@@ -149,7 +154,8 @@ def check_model_directory(directory: str | os.PathLike) -> dict:
             tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise TjdkitError(f"{directory}: unreadable tokenizer_config.json ({str(exc).splitlines()[0][:120]})") from None
-    if config.get("auto_map") or (isinstance(tokenizer_config, dict) and tokenizer_config.get("auto_map")):
+    own_code = bool(config.get("auto_map")) and any(known.owns_code is not None and known.owns_code(config) for known in _directory_formats())
+    if (config.get("auto_map") and not own_code) or (isinstance(tokenizer_config, dict) and tokenizer_config.get("auto_map")):
         raise TjdkitError(
             f"{directory} needs custom model code (an auto_map in its config), which tjdkit does not run: "
             "loading it would execute Python code shipped with the model"
@@ -163,6 +169,42 @@ def check_model_directory(directory: str | os.PathLike) -> dict:
             )
         raise TjdkitError(f"{directory} holds no model weights (no *.safetensors file)")
     return config
+
+
+def _directory_formats() -> list[DirectoryFormat]:
+    return [*DIRECTORY_FORMATS, HYFORMER_FORMAT]
+
+
+def _load_hyformer(directory: str, torch_dtype) -> tuple:
+    """tjdkit's installed Hyformer class, whatever code the directory carries (it is never imported)."""
+    from transformers import AutoTokenizer
+
+    from tjdkit.models.hyformer import Hyformer
+
+    model = Hyformer.from_pretrained(directory, dtype=torch_dtype, trust_remote_code=False)
+    return model, AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+
+
+def _is_hyformer(directory: str) -> bool:
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(directory) / "config.json").read_text(encoding="utf-8")).get("model_type") == "hyformer"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _hyformer_owns_code(config: dict) -> bool:
+    """config.json of a Hyformer saved by tjdkit with modeling_hyformer.py beside it."""
+    if config.get("model_type") != "hyformer":
+        return False
+    from tjdkit.models.hyformer.modeling_hyformer import AUTO_MAP
+
+    return config.get("auto_map") == AUTO_MAP
+
+
+HYFORMER_FORMAT = DirectoryFormat("hyformer", _is_hyformer, _load_hyformer, _hyformer_owns_code)
 
 
 def _from_pretrained(source: str, torch_dtype, **kwargs):

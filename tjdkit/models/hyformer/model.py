@@ -202,8 +202,26 @@ class Hyformer(HyformerPreTrainedModel, GenerationMixin):
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs):
-        """model.safetensors + config.json (safetensors always: `safe_serialization` is kept for the seed's callers)."""
-        return super().save_pretrained(save_directory, **kwargs)
+        """model.safetensors + config.json (safetensors always: `safe_serialization` is kept for the seed's callers),
+        and modeling_hyformer.py named by the config's auto_map, so plain transformers loads the
+        directory with trust_remote_code=True (tjdkit itself never runs that copy)."""
+        import shutil
+        from pathlib import Path
+
+        from tjdkit.models.hyformer import modeling_hyformer
+
+        kept = getattr(self.config, "auto_map", None)
+        self.config.auto_map = dict(modeling_hyformer.AUTO_MAP)
+        try:
+            result = super().save_pretrained(save_directory, **kwargs)
+        finally:
+            if kept is None:
+                del self.config.auto_map
+            else:
+                self.config.auto_map = kept
+        if kwargs.get("is_main_process", True):
+            shutil.copyfile(modeling_hyformer.__file__, Path(save_directory) / "modeling_hyformer.py")
+        return result
 
     def get_num_params(self, trainable_only: bool = False) -> int:
         """Parameters counted once (the tied embedding/heads matrix is one)."""
