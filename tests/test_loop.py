@@ -206,3 +206,81 @@ def test_state_tree_round_trips_exactly(tmp_path):
     assert torch.equal(back["rng"], tree["rng"]) and torch.equal(back["scalar"], tree["scalar"])
     with pytest.raises(TypeError):
         save_state_tree(tmp_path, "bad", {"f": lambda: 0})
+
+
+class NoiselessJob(RegressionJob):
+    """The regression without the loss noise: the same examples give the same gradients however they are split."""
+
+    def loss(self, module, step, batch_index):
+        loss = ((module(self.x[batch_index]) - self.y[batch_index]) ** 2).mean()
+        return loss, len(batch_index), {}
+
+
+def run_settings(**changes):
+    import dataclasses
+
+    return dataclasses.replace(TrainSection(max_steps=5, batch_size=8, lr=0.1, eval_every=100, save_every=100, grad_clip=0.0),
+                               **changes)
+
+
+def test_accumulated_micro_batches_update_like_one_big_batch(tmp_path):
+    """4 micro-batches of 4 examples, accumulated, give the same weights after every step as one batch of 16."""
+    from accelerate import Accelerator
+
+    weights = {}
+    for name, settings in (("big", run_settings(batch_size=16)), ("accum", run_settings(batch_size=4, gradient_accumulation_steps=4))):
+        job = NoiselessJob()
+        result = run_loop(job, settings, tmp_path / name, "command: test\n", accelerator=Accelerator(cpu=True))
+        weights[name] = job.module.w.detach().clone()
+        assert result.steps == 5 and all(record["effective_batch"] == 16 for record in result.history)
+        weights[name + "_loss"] = [record["loss"] for record in result.history]
+    assert torch.allclose(weights["big"], weights["accum"], atol=1e-6)
+    assert weights["big_loss"] == pytest.approx(weights["accum_loss"], rel=1e-5)
+    assert not torch.allclose(weights["big"], torch.zeros(4))  # it did train
+
+
+def test_an_uneven_last_step_weighs_examples_equally(tmp_path):
+    """40 examples, effective batch 16: the third step has 8 examples in 2 micro-batches; still equal to one batch of 8."""
+    from accelerate import Accelerator
+
+    weights = []
+    for name, settings in (("big", run_settings(batch_size=16, max_steps=3)),
+                           ("accum", run_settings(batch_size=4, gradient_accumulation_steps=4, max_steps=3))):
+        job = NoiselessJob()
+        run_loop(job, settings, tmp_path / name, "command: test\n", accelerator=Accelerator(cpu=True))
+        weights.append(job.module.w.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_report_to_tensorboard_writes_events_and_keeps_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
+    from accelerate import Accelerator
+
+    from tjdkit.training.loop import tracker_options
+
+    settings = run_settings(report_to="tensorboard")
+    run_dir = tmp_path / "run"
+    job = NoiselessJob()
+    run_loop(job, settings, run_dir, "command: test\n", accelerator=Accelerator(cpu=True, **tracker_options(settings, run_dir)))
+    assert len(metrics(run_dir)) == 5
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("loss")] == [1, 2, 3, 4, 5]
+
+
+def test_report_to_a_missing_tracker_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    from tjdkit.training.loop import check_report_to
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "tensorboard", "tensorboardX") else real(name, *a))
+    with pytest.raises(TjdkitError, match=r"pip install 'tjdkit\[wandb\]'"):
+        check_report_to("wandb")
+    with pytest.raises(TjdkitError, match="tensorboard package"):
+        check_report_to("tensorboard")
+    check_report_to("none")  # nothing to check

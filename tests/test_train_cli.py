@@ -111,3 +111,26 @@ def test_two_process_cpu_run_with_accelerate_launch(tmp_path):
     assert [line["step"] for line in lines] == [1, 2, 3, 4]  # written once, by rank 0
     assert all(line["processes"] == 2 for line in lines)
     assert done.stdout.count("final loss") == 1  # only rank 0 prints the summary
+
+
+def test_grad_accum_and_report_to_tensorboard_from_the_command_line(run_cli, tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    code, out, err = run_cli(*train_args(run, "--set", "train.max_steps=2", "--set", "train.batch_size=4", "--grad-accum", "3",
+                                         "--report-to", "tensorboard", "--json", "-"))
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["settings"]["effective_batch"] == 12 and "effective batch 12 (batch 4 x 3 micro-batches" in err
+    assert summary["settings"]["recipe"]["train"]["report_to"] == "tensorboard"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["effective_batch"] for line in lines] == [12, 12]  # metrics.jsonl stays
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    code, _, err = run_cli(*train_args(run, "--set", "train.max_steps=3", "--set", "train.batch_size=4", "--grad-accum", "3",
+                                       "--report-to", "tensorboard", "--resume"))
+    assert code == 0, err  # the tracker's files do not make the run directory look foreign
+
+
+def test_report_to_none_writes_no_tracker_files(run_cli, tmp_path):
+    code, _, err = run_cli(*train_args(tmp_path / "run", "--set", "train.max_steps=1", "--report-to", "none"))
+    assert code == 0, err
+    assert not (tmp_path / "run" / "tensorboard").exists() and not (tmp_path / "run" / "wandb").exists()

@@ -186,6 +186,15 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it (Linux 4.7+): setting it
+    even for an instant would give files that another thread creates then the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import platform
+import random
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TypeVar
+from importlib import metadata
+from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 import yaml
 
@@ -303,3 +306,50 @@ def _check_bounds(value: Any, metadata: Mapping[str, Any], key: str, where: _Whe
     if "gt" in metadata and value <= metadata["gt"]:
         raise where.error(key, f"must be > {metadata['gt']}, got {value}")
 
+
+# ---- what a command ran with: its seed and its resolved settings ----------------------------
+
+DEFAULT_SEED = 0
+MAX_SEED = 2**63 - 1  # what torch.manual_seed accepts
+
+
+def seed_everything(seed: Optional[int]) -> int:
+    """Seed Python's `random`, numpy and torch (every device) with `seed` (None: DEFAULT_SEED); returns the seed used."""
+    seed = DEFAULT_SEED if seed is None else int(seed)
+    if not 0 <= seed <= MAX_SEED:
+        from tjdkit.errors import TjdkitError
+
+        raise TjdkitError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)  # numpy's legacy seed takes 32 bits
+    except ImportError:
+        pass
+    import torch
+
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return seed
+
+
+def versions() -> dict[str, Optional[str]]:
+    """The versions that decide a result: Python and the libraries tjdkit computes with."""
+    found: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in ("tjdkit", "torch", "transformers", "accelerate", "tensorly"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def resolved_settings(command: str, recipe: Any = None, **values: Any) -> dict:
+    """What a command ran with: its name, the full recipe after CLI overrides (a mapping), named values
+    (model, dtype, seed, flags), and the versions. JSON-ready."""
+    settings: dict[str, Any] = {"command": command}
+    if recipe is not None:
+        settings["recipe"] = recipe
+    settings.update(values)
+    settings["versions"] = versions()
+    return settings

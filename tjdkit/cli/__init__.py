@@ -16,18 +16,18 @@ app = typer.Typer(
     name="tjdkit",
     help="Tensor methods that make language models faster and better.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(recipes_cmd.app, name="recipes")
 app.add_typer(models_cmd.app, name="models")
-app.command("train", help=train_cmd.__doc__)(train_cmd.train)
-app.command("eval", help=eval_cmd.__doc__)(eval_cmd.evaluate)
-app.command("chat", help=chat_cmd.__doc__)(chat_cmd.chat)
-app.command("bench", help=bench_cmd.__doc__)(bench_cmd.bench)
-app.command("factorize", help=factorize_cmd.__doc__)(factorize_cmd.factorize)
-app.command("tnot", help=tnot_cmd.__doc__)(tnot_cmd.tnot)
+app.command("train", help=train_cmd.__doc__, epilog=train_cmd.EXAMPLES)(train_cmd.train)
+app.command("eval", help=eval_cmd.__doc__, epilog=eval_cmd.EXAMPLES)(eval_cmd.evaluate)
+app.command("chat", help=chat_cmd.__doc__, epilog=chat_cmd.EXAMPLES)(chat_cmd.chat)
+app.command("bench", help=bench_cmd.__doc__, epilog=bench_cmd.EXAMPLES)(bench_cmd.bench)
+app.command("factorize", help=factorize_cmd.__doc__, epilog=factorize_cmd.EXAMPLES)(factorize_cmd.factorize)
+app.command("tnot", help=tnot_cmd.__doc__, epilog=tnot_cmd.EXAMPLES)(tnot_cmd.tnot)
 
 
 def _version(value: bool) -> None:

@@ -10,14 +10,23 @@ import typer
 from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES
 from tjdkit.cli.common import (
     JsonOpt,
+    SeedOpt,
     check_outputs,
     load_model_with_progress,
     load_run_with_progress,
     quiet_libraries,
+    seed_all,
+    settings,
     stderr,
     stdout,
     write_json,
 )
+
+EXAMPLES = """Examples:
+
+  tjdkit bench --head cp --horizon 4 --prompts 5 --max-new-tokens 64
+  tjdkit bench --model tiny-llama --modes ar,lookup --json - > bench.json
+"""
 
 
 
@@ -29,19 +38,20 @@ def bench(
     dataset: str = typer.Option("sharegpt", "--dataset", "-d",
                                 help="Prompts (and the head's training data): sharegpt (chat) or stemp."),
     split: str = typer.Option("test", "--split", help="Which prompts: test (stemp also: mild, hard)."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", "-n", min=1,
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1,
                                           help="How many prompts (default: 5 of the dataset, all of --prompts-file)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file",
                                                 help="Your prompts instead of the dataset's: one per line, or JSONL with a \"prompt\" field."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", min=1, help="Tokens generated per prompt."),
     modes: str = typer.Option(",".join(DEFAULT_MODES), "--modes", help=f"Comma-separated: {', '.join(BENCH_MODES)}."),
     drafter: str = typer.Option("hybrid", "--drafter",
                                 help="verify's drafts: hybrid (prompt lookup where the text repeats, else the head), head, lookup."),
-    head_dir: Optional[Path] = typer.Option(None, "--head-dir", help="Use this trained run instead of the cached head."),
+    head_dir: Optional[Path] = typer.Option(None, "--head-dir", help="Use this trained run, head directory or hub id instead of the cached head."),
     dtype: Optional[str] = typer.Option(None, "--dtype",
                                         help="Weight formats timed side by side, comma-separated: float32, bfloat16, "
                                              "fp16-weights (default: float32,fp16-weights on a CPU, auto on a GPU)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw tokens/s and acceptance to this PNG."),
+    seed: SeedOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Benchmark decoding: ar vs draft vs verify (and transformers' baselines), in one run.
@@ -76,6 +86,7 @@ def bench(
 
     dtypes = parse_dtypes(dtype)
     quiet_libraries()
+    seed = seed_all(seed)  # decoding is greedy; the seed fixes everything else (a head trained now, tiny models' weights)
     needs_head = any(mode in NEEDS_HEAD and not (mode == "verify" and drafter == "lookup") for mode in chosen)
     run_dir, trained = None, False
     if needs_head:
@@ -84,11 +95,15 @@ def bench(
         loaded, tokenizer, joint_head, model_name = run.model, run.tokenizer, run.head, run.info["model"]
     else:
         model_name = model or "gemma3"
-        loaded, tokenizer = load_model_with_progress(model_name, load_dtype(dtypes))
+        loaded, tokenizer = load_model_with_progress(model_name, load_dtype(dtypes), seed=seed)
         joint_head = None
     first, variants = weight_variants(loaded, dtypes)
     _run_and_report(first, variants, tokenizer, joint_head, model_name, run_dir, trained, dataset, split, prompts,
-                    prompts_file, chosen, max_new_tokens, plot, json_path, drafter)
+                    prompts_file, chosen, max_new_tokens, plot, json_path, drafter,
+                    settings("bench", None, model=model_name, dtype=dtypes, seed=seed, head=head if needs_head else None, rank=rank,
+                             horizon=horizon, head_dir=str(run_dir) if run_dir is not None else None, dataset=dataset, split=split,
+                             prompts=prompts, prompts_file=str(prompts_file) if prompts_file is not None else None,
+                             max_new_tokens=max_new_tokens, modes=list(chosen), drafter=drafter, decoding="greedy"))
 
 
 def _head_run(head_dir, model, head, rank, horizon, dataset):
@@ -98,7 +113,7 @@ def _head_run(head_dir, model, head, rank, horizon, dataset):
     from tjdkit.ui.bench import head_run_display
 
     if head_dir is not None:
-        checkpoint_dir(head_dir)  # one clear line when it is not a run
+        checkpoint_dir(head_dir)  # one clear line when it is not a run or head directory (a hub id downloads here)
         return head_dir, False
     model_name = model or "gemma3"
     with head_run_display(stderr()) as on_event:
@@ -107,7 +122,7 @@ def _head_run(head_dir, model, head, rank, horizon, dataset):
 
 
 def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, trained, dataset, split, count, prompts_file, modes,
-                    max_new_tokens, plot, json_path, drafter) -> None:
+                    max_new_tokens, plot, json_path, drafter, resolved=None) -> None:
     from tjdkit.bench import bench_prompts, environment, file_prompts, run_bench
     from tjdkit.ui.bench import bench_table, dtype_lines, parity_lines, save_plot
     from tjdkit.ui.progress import stage_bars
@@ -161,4 +176,5 @@ def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, train
         "parity": lossless_ok,  # in every weight format, every lossless mode's output identical to its ar's on every prompt
         **{key: value for key, value in result.items() if key != "parity"},
         "parity_by_mode": result.get("parity", {}),
+        "settings": resolved,
     })

@@ -8,14 +8,28 @@ from typing import Optional
 import typer
 
 from tjdkit.cli.common import (
+    JsonOpt,
     RecipeOpt,
+    SeedOpt,
     SetOpt,
+    check_outputs,
     check_text,
+    fresh_seed,
     load_model_with_progress,
     load_run_with_progress,
     read_stdin_text,
+    seed_all,
+    settings,
     stderr,
+    write_json,
 )
+
+EXAMPLES = """Examples:
+
+  tjdkit chat --model gemma3 --temperature 0.7 --seed 1
+  tjdkit chat --model tiny-llama --prompt "Hello" -n 32 --json reply.json
+  echo "What is 3 C in F?" | tjdkit chat --tnot --entropy-threshold 3 --prompt -
+"""
 
 HELP_LINE = "/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply"
 TNOT_HELP = "/trace shows or hides the entropy trace"
@@ -28,7 +42,7 @@ def chat(
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 for greedy decoding."),
     top_k: Optional[int] = typer.Option(None, "--top-k"),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    seed: SeedOpt = None,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     chat_format: Optional[str] = typer.Option(
         None, "--format", help="auto, template, gemma (turns) or raw (plain continuation)."
@@ -36,7 +50,7 @@ def chat(
     raw: bool = typer.Option(False, "--raw", help="Same as --format raw."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer once and exit; '-' reads stdin."),
     head: Optional[str] = typer.Option(
-        None, "--head", help="Run directory of a trained joint head: decode with it (the run's model)."
+        None, "--head", help="Joint head to decode with: a training run, a head directory (save_pretrained) or a hub id; its base model is the default --model."
     ),
     head_mode: Optional[str] = typer.Option(
         None, "--head-mode", help="verify (lossless, the model's own output) or draft (the head alone, lossy)."
@@ -48,8 +62,9 @@ def chat(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16, float16, or fp16-weights (CPU: float16 weights, float32 arithmetic; faster decoding)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     overrides: SetOpt = None,
+    json_path: JsonOpt = None,
 ) -> None:
-    """Chat with a model: a streaming REPL, or one answer with --prompt."""
+    """Chat with a model: a streaming REPL, or one answer with --prompt (--json: the reply, its stats and the settings)."""
     from tjdkit.config import ChatRecipe
     from tjdkit.errors import TjdkitError
     from tjdkit.recipes import load_recipe
@@ -73,6 +88,14 @@ def chat(
         "tnot.steps": steps,
     }
     config = load_recipe(recipe or "chat", ChatRecipe, overrides or [], flags)
+    if json_path is not None and prompt is None:
+        raise TjdkitError("--json records one answer: add --prompt")
+    check_outputs(json_path)
+    import dataclasses
+
+    # No --seed: a fresh one, recorded in the settings, so the run can be repeated.
+    config = dataclasses.replace(config, generation=dataclasses.replace(config.generation, seed=fresh_seed(config.generation.seed)))
+    seed_all(config.generation.seed)
     tnot_settings = [name for name, value in (("--entropy-threshold", entropy_threshold), ("--adaptive", adaptive),
                                               ("--steps", steps)) if value is not None]
     if tnot_settings and not config.chat.tnot:
@@ -99,7 +122,8 @@ def chat(
         head=joint_head, head_mode=config.chat.head_mode, tnot=config.tnot if config.chat.tnot else None,
     )
     if prompt is not None:
-        _one_shot(session, prompt)
+        resolved = settings("chat", config, model=name, dtype=config.model.dtype, seed=config.generation.seed)
+        _one_shot(session, prompt, json_path, resolved)
     else:
         _repl(session, name)
 
@@ -109,18 +133,37 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def _one_shot(session, prompt: str) -> None:
-    """The answer goes to stdout alone, so it can be piped; the stats line goes to stderr."""
+def _one_shot(session, prompt: str, json_path=None, resolved=None) -> None:
+    """The answer goes to stdout alone, so it can be piped; the stats line goes to stderr. With `--json -`
+    stdout carries the JSON alone (the reply inside it)."""
+    from tjdkit.fileio import is_stdout
     from tjdkit.ui.chat import reply_stats_line
     from tjdkit.ui.tnot import tnot_trace
 
-    reply = session.reply(prompt.strip(), on_text=_write)
-    _write("\n")
+    to_json_only = is_stdout(json_path)
+    reply = session.reply(prompt.strip(), on_text=None if to_json_only else _write)
+    if not to_json_only:
+        _write("\n")
+    write_json(json_path, {"prompt": prompt.strip(), "reply": reply_json(reply), "settings": resolved})
     stderr().print(reply_stats_line(reply))
     if reply.tnot is not None:
         stderr().print(tnot_trace(reply.tnot, session.tokenizer))
     if reply.interrupted:
         raise typer.Exit(130)
+
+
+def reply_json(reply) -> dict:
+    """A reply's text and numbers (whatever plain fields it has), for --json."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(reply):
+        fields = {f.name: getattr(reply, f.name) for f in dataclasses.fields(reply)}
+    else:
+        fields = dict(vars(reply))
+    plain = {key: value for key, value in fields.items() if isinstance(value, (str, int, float, bool, type(None), list))}
+    if hasattr(reply, "tokens_per_second"):
+        plain["tokens_per_second"] = reply.tokens_per_second
+    return plain
 
 
 def _repl(session, model_name: str) -> None:

@@ -17,6 +17,10 @@ SetOpt = Annotated[
 JsonOpt = Annotated[
     Optional[Path], typer.Option("--json", help="Also write the result as JSON to this path ('-': stdout, tables go to stderr).")
 ]
+SeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--seed", help="Seed for Python, numpy and torch (and the recipe's seed); the same seed gives the same result."),
+]
 
 _json_on_stdout = False  # set by check_outputs(json_path="-"): stdout then carries the JSON alone
 
@@ -28,13 +32,59 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+PIPE_WIDTH = 250  # columns for tables written to a pipe or a log: wide enough that no header is cut
+
+
+def console_width(stream) -> Optional[int]:
+    """COLUMNS when set; else None on a terminal (rich measures it) and PIPE_WIDTH for a pipe or a file,
+    where rich's default of 80 would cut headers and cells with '…'."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return None if stream.isatty() else PIPE_WIDTH
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return PIPE_WIDTH
+
+
+def _console(to_stderr: bool) -> Console:
+    import sys
+
+    width = console_width(sys.stderr if to_stderr else sys.stdout)
+    return Console(stderr=to_stderr, highlight=False, quiet=not is_main_process(), width=width)
+
+
 def stdout() -> Console:
     """Tables and results; on stderr when `--json -` claims stdout for the JSON."""
-    return Console(stderr=_json_on_stdout, highlight=False, quiet=not is_main_process())
+    return _console(_json_on_stdout)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False, quiet=not is_main_process())
+    return _console(True)
+
+
+def seed_all(seed: Optional[int]) -> int:
+    """Seed Python, numpy and torch; returns the seed used (recorded in the command's settings)."""
+    from tjdkit.recipes import seed_everything
+
+    return seed_everything(seed)
+
+
+def fresh_seed(seed: Optional[int]) -> int:
+    """The seed a sampling command runs with: the user's, else a new random one (recorded, so the run can be repeated)."""
+    import random
+
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def settings(command: str, recipe=None, **values) -> dict:
+    """The resolved settings of a command (recipe after overrides, model, dtype, seed, versions) for --json and files."""
+    from tjdkit.recipes import to_mapping
+    from tjdkit.recipes import resolved_settings
+
+    return resolved_settings(command, to_mapping(recipe) if recipe is not None else None, **values)
 
 
 def check_outputs(json_path: Optional[Path] = None, plot: Optional[Path] = None, record: Optional[Path] = None) -> None:

@@ -6,23 +6,39 @@ from typing import Optional
 
 import typer
 
-from tjdkit.cli.common import JsonOpt, check_outputs, load_model_with_progress, quiet_libraries, stderr, stdout, write_json
+from tjdkit.cli.common import (
+    JsonOpt,
+    check_outputs,
+    load_model_with_progress,
+    quiet_libraries,
+    seed_all,
+    settings,
+    stderr,
+    stdout,
+    write_json,
+)
+
+EXAMPLES = """Examples:
+
+  tjdkit eval runs/stemp-cp --dataset stemp --limit 100
+  tjdkit eval tiny-llama --limit 3 --max-new-tokens 16 --json - | jq .modes
+"""
 
 
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (tjdkit train) or any model name/path."),
     dataset: str = typer.Option("stemp", "--dataset", "-d", help="stemp, sharegpt, gsm8k or smiles (a Hyformer)."),
     limit: Optional[int] = typer.Option(
-        None, "--limit", "-n", min=1, help="How many examples (default 100; smiles: the whole held-out split)."
+        None, "--limit", "-l", min=1, help="How many examples (default 100; smiles: the whole held-out split)."
     ),
     split: str = typer.Option("test", "--split", help="test, eval (stemp also: mild, hard)."),
     modes: Optional[str] = typer.Option(
         None, "--modes", help="Decoding modes: ar, draft, verify (default: all three for a run, ar for a plain model)."
     ),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", min=1, help="Longest answer, in tokens."),
     samples: int = typer.Option(1000, "--samples", min=0, help="smiles: molecules to sample for validity, uniqueness, novelty."),
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="smiles: sampling temperature (0: greedy)."),
-    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="smiles: sampling seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Seed for Python, numpy and torch (smiles: the sampling seed)."),
     json_path: JsonOpt = None,
 ) -> None:
     """Evaluate a trained run or a plain model: accuracy, per-token NLL, draft acceptance. A Hyformer
@@ -40,6 +56,7 @@ def evaluate(
     from tjdkit.ui.progress import stage_bars
 
     check_outputs(json_path)
+    seed_all(seed)
     if not math.isfinite(temperature):
         raise TjdkitError(f"--temperature must be a finite number >= 0, got {temperature}")
     if is_hyformer(target):
@@ -48,7 +65,9 @@ def evaluate(
         if modes is not None:
             raise TjdkitError("--modes applies to joint heads; a Hyformer is scored by sampling molecules and predicting TPSA")
         check_split(dataset, split, dataset_splits(dataset))
-        return _evaluate_hyformer(target, split, limit, samples, temperature, seed, json_path)
+        resolved = settings("eval", None, target=target, model=target, dtype="auto", seed=seed, dataset=dataset, split=split,
+                            limit=limit, samples=samples, temperature=temperature)
+        return _evaluate_hyformer(target, split, limit, samples, temperature, seed, json_path, resolved)
     base_model = read_checkpoint(checkpoint_dir(target))["model"] if is_run(target) else target
     if dataset == "smiles" and not is_hyformer(base_model):  # SMILES text means something only to a Hyformer
         kind = "a joint-head run on a model that is not a Hyformer" if is_run(target) else "not a Hyformer"
@@ -65,6 +84,7 @@ def evaluate(
         run = load_run(target)
         model, tokenizer, head = run.model, run.tokenizer, run.head
         label = f"{target} ({run.info['head']['name']} head on {run.info['model']})"
+        model_name = run.info["model"]
     else:
         with_head = [mode for mode in chosen if mode in HEAD_MODES]
         if modes is None:
@@ -73,18 +93,21 @@ def evaluate(
             raise TjdkitError(
                 f"{with_head[0]} decoding needs a trained head: '{target}' is a plain model (pass a run directory)"
             )
-        model, tokenizer = load_model_with_progress(target)
-        label = target
+        model, tokenizer = load_model_with_progress(target, seed=seed)
+        label = model_name = target
     with stage_bars(stderr(), suffix=" decoding") as on_progress:
         result = run_evaluation(model, tokenizer, head, dataset, limit, chosen, max_new_tokens, split, on_progress)
     out = stdout()
     for part in head_eval_report(result, label, dataset, split):
         out.print(part)
-    write_json(json_path, {"target": target, **result})
+    resolved = settings("eval", None, target=target, model=model_name, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                        seed=seed, dataset=dataset, split=split, limit=limit, modes=list(chosen), max_new_tokens=max_new_tokens,
+                        decoding="greedy")
+    write_json(json_path, {"target": target, **result, "settings": resolved})
 
 
 def _evaluate_hyformer(target: str, split: str, limit: Optional[int], samples: int, temperature: float, seed: int,
-                       json_path) -> None:
+                       json_path, resolved: dict) -> None:
     from tjdkit.data.smiles import require_rdkit
     from tjdkit.evaluation.molecules import evaluate_smiles
     from tjdkit.training.runs import hyformer_model_path
@@ -98,4 +121,4 @@ def _evaluate_hyformer(target: str, split: str, limit: Optional[int], samples: i
     out = stdout()
     for part in hyformer_eval_report(result, target, split, temperature, seed):
         out.print(part)
-    write_json(json_path, {"target": target, **result})
+    write_json(json_path, {"target": target, **result, "settings": resolved})

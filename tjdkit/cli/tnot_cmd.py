@@ -10,16 +10,26 @@ import typer
 from tjdkit.cli.common import (
     JsonOpt,
     RecipeOpt,
+    SeedOpt,
     SetOpt,
     check_outputs,
     check_text,
+    fresh_seed,
     load_model_with_progress,
     quiet_libraries,
     read_stdin_text,
+    seed_all,
+    settings as command_settings,
     stderr,
     stdout,
     write_json,
 )
+
+EXAMPLES = """Examples:
+
+  tjdkit tnot "What is 3 C in F?" --steps 3
+  tjdkit tnot --dataset capitals --limit 20 --compare --seed 1 --json -
+"""
 
 
 def tnot(
@@ -28,7 +38,7 @@ def tnot(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, directory, .gguf file or hub id."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prompts from a dataset: capitals or stemp (offline), gsm8k (hub)."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: test)."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="How many dataset prompts (default: 20)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-l", help="How many dataset prompts (default: 20)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="AdamW steps on the delta (prompt and each reflection)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the delta (default: 0.1)."),
     entropy_weight: Optional[float] = typer.Option(None, "--entropy-weight", help="w in (1-w)*CE + w*entropy."),
@@ -38,9 +48,9 @@ def tnot(
     k: Optional[float] = typer.Option(None, "--k", help="Adaptive multiplier K (default: 2)."),
     max_retries: Optional[int] = typer.Option(None, "--max-retries", help="Reflections per response (default: 5)."),
     entropy_control: Optional[bool] = typer.Option(None, "--entropy-control/--no-entropy-control", help="The entropy trigger."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest response, in tokens."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Longest response, in tokens."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 for greedy decoding [default]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    seed: SeedOpt = None,
     compare: bool = typer.Option(False, "--compare", help="Also run the plain model on the same prompts: accuracy (with a 95% CI of the difference) and latency."),
     record: Optional[Path] = typer.Option(None, "--record", help="Write one JSON line per generated token here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the entropy traces to this PNG."),
@@ -74,6 +84,10 @@ def tnot(
         "tnot.max_retries": max_retries, "tnot.entropy_control": entropy_control,
     }
     config = load_recipe(recipe or "tnot", TnotRecipe, overrides or [], flags)
+    import dataclasses
+
+    # No --seed: a fresh one, recorded in the settings, so the run can be repeated.
+    config = dataclasses.replace(config, generation=dataclasses.replace(config.generation, seed=fresh_seed(config.generation.seed)))
     from tjdkit.tnot.run import sweep_configs
 
     settings = sweep_configs(config)  # checked before anything slow is loaded
@@ -86,6 +100,7 @@ def tnot(
         check_split(config.prompts.dataset, config.prompts.split, dataset_splits(config.prompts.dataset))
 
     quiet_libraries()
+    seed_all(config.generation.seed)
     loaded, tokenizer = load_model_with_progress(config.model.name, config.model.dtype, config.model.device)
     _run_and_report(loaded, tokenizer, config, settings, texts, compare or len(settings) > 1, record, plot, show, json_path)
 
@@ -122,4 +137,5 @@ def _run_and_report(model, tokenizer, config, settings, texts, compare, record, 
         save_trace_plot([(run.item.label.strip(), run.tnot.records) for run in result.runs], plot, title)
         console.print(f"[dim]wrote {plot}[/]")
     sweep = {"sweep": sweep_rows(results)} if len(settings) > 1 else {}
-    write_json(json_path, {"model": config.model.name, "recipe": to_mapping(config), **result.to_dict(), **sweep})
+    resolved = command_settings("tnot", config, model=config.model.name, dtype=config.model.dtype, seed=config.generation.seed)
+    write_json(json_path, {"model": config.model.name, "recipe": to_mapping(config), **result.to_dict(), **sweep, "settings": resolved})

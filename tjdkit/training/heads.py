@@ -22,7 +22,7 @@ from tjdkit.config import TrainRecipe
 from tjdkit.data.examples import Example, collate, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
 from tjdkit.evaluation.heads import evaluate_nll, window_hidden
-from tjdkit.training.loop import EventCallback, epoch_order, lr_factor, read_resume_state, run_loop  # noqa: F401 - epoch_order, lr_factor: re-exported
+from tjdkit.training.loop import EventCallback, epoch_order, lr_factor, read_resume_state, run_loop, tracker_options  # noqa: F401 - epoch_order, lr_factor: re-exported
 from tjdkit.recipes import dump_recipe
 from tjdkit.training.runs import save_checkpoint
 from tjdkit.heads.windows import last_hidden, make_windows, window_loss
@@ -168,7 +168,7 @@ def train(
 
         model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=recipe.model.device)
     refuse_quantized(model, "training a head")
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=model.device.type == "cpu")
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=model.device.type == "cpu", **tracker_options(t, run_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     train_examples = load_examples(recipe.data, tokenizer, "train")
@@ -210,8 +210,12 @@ class HeadJob:
         self.train_examples, self.eval_examples = train_examples, eval_examples
         self.size = len(train_examples)
         self.frozen = recipe.backbone.mode == "frozen"
-        self.info = {"model": recipe.model.name, "backbone_mode": recipe.backbone.mode, "dataset": recipe.data.dataset}
+        from tjdkit.heads.hub import model_revision
+
+        self.info = {"model": recipe.model.name, "model_revision": model_revision(joint.model),
+                     "backbone_mode": recipe.backbone.mode, "dataset": recipe.data.dataset}
         self.features = None
+        self.base_eval_nll = None  # the latest evaluation's, for the model card of the best checkpoint
 
     def cache_features(self) -> None:
         """frozen: the backbone's windows, once (the loop's before_first_step: the model is on its device, the clock not started)."""
@@ -239,10 +243,16 @@ class HeadJob:
 
     def evaluate(self, module) -> dict[str, float]:
         eval_nll, base_nll = evaluate_nll(module.model, module.head, self.eval_examples, self.recipe.train.batch_size, self.pad_id)
+        self.base_eval_nll = base_nll
         return {"eval_nll": eval_nll, "base_eval_nll": base_nll}
 
     def save(self, directory: Path, module, info: dict, trainer_state: Optional[dict]) -> None:
-        save_checkpoint(directory, module.head, module.model, info, trainer_state)
+        """A run checkpoint that is a shareable head directory too, with its recipe and held-out NLL in the card."""
+        data = self.recipe.data
+        training = {"description": self.recipe.description or None, "recipe": dump_recipe(self.recipe),
+                    "dataset": f"{data.dataset}" + (" (self-distilled: the base model's own continuations)" if data.self_distill else "")}
+        metrics = {"base_eval_nll": self.base_eval_nll} if "eval_nll" in info else {}  # best/ is saved right after evaluate
+        save_checkpoint(directory, module.head, module.model, info, trainer_state, card={"training": training, "metrics": metrics})
 
     def restore(self, directory: Path, module) -> None:
         """The checkpoint's head and trained backbone weights (adapter or backbone.safetensors)."""

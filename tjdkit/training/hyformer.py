@@ -23,7 +23,7 @@ from tjdkit.errors import TjdkitError
 from tjdkit.evaluation.molecules import held_out_scores, sample_smiles
 from tjdkit.fileio import atomic_directory, save_state_tree
 from tjdkit.models.hyformer.masking import mask_tokens, regular_ids
-from tjdkit.training.loop import EventCallback, read_resume_state, run_loop
+from tjdkit.training.loop import EventCallback, read_resume_state, run_loop, tracker_options
 from tjdkit.recipes import dump_recipe
 from tjdkit.training.runs import CHECKPOINT, TRAINER_STATE
 
@@ -282,6 +282,7 @@ def train_hyformer(recipe: HyformerTrainRecipe, run_dir: Path, resume: bool = Fa
         mixed_precision=recipe.train.mixed_precision,
         cpu=device.type == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **tracker_options(recipe.train, run_dir),
     )
     model = model.to(accelerator.device)
     job = HyformerJob(recipe, model, data)

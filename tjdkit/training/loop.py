@@ -10,8 +10,10 @@ over the processes and DDP syncs the gradients of the whole `Job.module`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -98,7 +100,9 @@ def run_loop(
     trainable = [p for p in job.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     world = accelerator.num_processes
-    steps_per_epoch = math.ceil(job.size / (t.batch_size * world))
+    accum = t.gradient_accumulation_steps
+    per_step = t.batch_size * world * accum  # the effective batch: examples behind one optimizer step
+    steps_per_epoch = math.ceil(job.size / per_step)
     total_steps = t.max_steps or steps_per_epoch * t.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t.warmup_steps, total_steps))
 
@@ -121,6 +125,9 @@ def run_loop(
             remove_stale_temp_dirs(run_dir / checkpoint)  # left by a run killed while saving
         atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
         _truncate_metrics(metrics_path, step)
+    tracking = bool(getattr(accelerator, "log_with", None))
+    if tracking:
+        _init_trackers(accelerator, settings, run_dir)
     if before_first_step is not None:
         before_first_step()
 
@@ -132,12 +139,21 @@ def run_loop(
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(job.size, t.seed, epoch)
-        chunk = order[position * t.batch_size * world : (position + 1) * t.batch_size * world]
-        batch_index = chunk[accelerator.process_index :: world]
+        chunk = order[position * per_step : (position + 1) * per_step]
+        micro = [chunk[i : i + t.batch_size * world] for i in range(0, len(chunk), t.batch_size * world)]
         job.train_mode(module)
-        loss, tokens, extra = job.loss(module, step, batch_index)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        step_loss, tokens = 0.0, 0
+        for i, part in enumerate(micro):
+            # Each micro-batch's mean loss weighed by its share of the step's examples: the summed gradients
+            # are those of the mean loss over the whole effective batch. DDP syncs on the last one only.
+            share = len(part) / len(chunk)
+            syncing = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(module)
+            with syncing:
+                loss, part_tokens, extra = job.loss(module, step, part[accelerator.process_index :: world])
+                accelerator.backward(loss if len(micro) == 1 else loss * share)
+            step_loss += loss.item() * share
+            tokens += part_tokens
         if t.grad_clip > 0:
             accelerator.clip_grad_norm_(trainable, t.grad_clip)
         optimizer.step()
@@ -149,7 +165,8 @@ def run_loop(
             "step": step,
             "epoch": epoch,
             "processes": world,
-            "loss": loss.item(),
+            "loss": step_loss,
+            "effective_batch": per_step,
             "lr": schedule.get_last_lr()[0],
             "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,
             "eta_seconds": elapsed / (step - started_step) * (total_steps - step),
@@ -177,9 +194,59 @@ def run_loop(
             history.append(record)
             with user_errors(metrics_path), metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        if tracking:
+            accelerator.log({key: value for key, value in record.items() if _is_number(value)}, step=step)
         emit({"kind": "step", "total": total_steps, **record})
     accelerator.wait_for_everyone()
+    if tracking:
+        accelerator.end_training()
     return LoopResult(step, best if best < math.inf else None, history, started_step, last_eval)
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_report_to(report_to: str) -> None:
+    """One clear line when --report-to names a tracker whose package is not installed (checked before anything slow)."""
+    import importlib.util
+
+    if report_to == "none":
+        return
+    if report_to not in TRACKER_PACKAGES:
+        raise TjdkitError(f"unknown --report-to {report_to!r} (use tensorboard, wandb or none)")
+    if not any(importlib.util.find_spec(name) for name in TRACKER_PACKAGES[report_to]):
+        raise TjdkitError(f"--report-to {report_to} needs the {report_to} package: pip install 'tjdkit[{report_to}]'")
+
+
+def tracker_options(settings: TrainSection, run_dir: Path) -> dict:
+    """Accelerator(...) keywords that send the loop's metrics to settings.report_to; {} for none.
+
+    wandb runs offline (files under the run directory) unless the user configured it (WANDB_MODE or
+    WANDB_API_KEY set), so a training run never reaches the network on its own."""
+    report_to = settings.report_to
+    if report_to == "none":
+        return {}
+    check_report_to(report_to)
+    if report_to == "wandb":
+        if "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
+            os.environ["WANDB_MODE"] = "offline"
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return {"log_with": report_to, "project_dir": str(run_dir)}
+
+
+def _init_trackers(accelerator, settings: TrainSection, run_dir: Path) -> None:
+    """TensorBoard events land in RUN/tensorboard/, wandb's offline files in RUN/wandb/."""
+    import dataclasses
+
+    config = {key: value for key, value in dataclasses.asdict(settings).items() if value is not None}
+    if settings.report_to == "wandb":
+        accelerator.init_trackers("tjdkit", config=config, init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}})
+    else:
+        accelerator.init_trackers(settings.report_to, config=config)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def resume_dir(run_dir: Path) -> Path:
