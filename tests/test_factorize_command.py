@@ -44,7 +44,7 @@ def prompt_ids():
 def test_full_energy_keeps_the_model(preset, aware, prompt_ids):
     model, tokenizer = load_model(preset)
     reference = _logits(model, prompt_ids)
-    options = FactorizeOptions(rank="auto", energy=1.0, activation_aware=aware, **FAST)
+    options = FactorizeOptions(rank="energy", energy=1.0, activation_aware=aware, **FAST)
     report = factorize_model(model, tokenizer, options)
     assert len(report.layers) == len(decoder_layers(model))
     assert all(r.relative_error < 1e-5 for r in report.layers)

@@ -201,6 +201,12 @@ class TrainSection:
     save_every: int = field(default=200, metadata={"min": 1})
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = field(default=0, metadata=SEED)
+    # Micro-batches of batch_size whose gradients add up to one optimizer step: the effective batch is
+    # batch_size x gradient_accumulation_steps x processes.
+    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
+    # Where each step's metrics also go, through accelerate's trackers (metrics.jsonl is always written):
+    # tensorboard (pip install tjdkit[tensorboard]) or wandb (tjdkit[wandb]; offline unless you configured it).
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
 
 @dataclass
@@ -218,11 +224,18 @@ class TrainRecipe:
 @dataclass
 class FactorizeSection:
     # tucker: shared-factor Tucker of Q/K/V/O per layer (TensorLLM); tpa: Q/K/V as contextual
-    # tensor products with a KV cache of factors (T6).
-    method: Literal["tucker", "tpa"] = "tucker"
-    # auto (by --energy), explicit ranks (tucker R_dmodel,R_headdim,R_role; tpa R_q,R_k,R_v) or,
-    # for tucker, a parameter-compression target like 2x.
+    # tensor products with a KV cache of factors (T6); latent: a smaller KV cache (partial-RoPE keys,
+    # low-rank latent values; factorize.latent).
+    method: Literal["tucker", "tpa", "latent"] = "tucker"
+    # tucker: auto = the smallest stored attention within max_ppl_increase (per-layer sensitivity
+    # and a knapsack, see factorize.sensitivity); energy = ranks by --energy; explicit ranks
+    # R_dmodel,R_headdim,R_role; or a parameter-compression target like 2x.
+    # tpa: auto (by --energy) or R_q,R_k,R_v. latent: auto (half the cache) or K,R.
     rank: str = "auto"
+    # rank auto (tucker): the allowed perplexity increase, in percent, on calibration tokens.
+    max_ppl_increase: float = field(default=1.0, metadata={"gt": 0.0})
+    # rank auto (tucker): calibration tokens each sensitivity measurement runs on.
+    budget_tokens: int = field(default=512, metadata={"min": 16})
     # 0.999: the energy at which factorising every layer leaves the model as good as it was.
     # Measured on Gemma 3 270M (1024 held-out ShareGPT tokens, base perplexity 8.19, activation-
     # aware, all 18 layers): 0.999 -> +2.0%, 0.99 -> +35%; data-free at 0.99 -> x323. Its attention
@@ -246,11 +259,33 @@ class FactorizeSection:
 
 
 @dataclass
+class HealSection:
+    """Distillation after factorising: only the new factors train to match the original model."""
+
+    # Calibration tokens to train on (0: no healing); one pass, in windows of `window` tokens.
+    tokens: int = field(default=0, metadata={"min": 0})
+    window: int = field(default=256, metadata={"min": 8})
+    batch_size: int = field(default=1, metadata={"min": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
+    lr: float = field(default=1e-4, metadata={"gt": 0.0})
+    # Also train the attention's q/k norms (Gemma 3), not only the factors.
+    norms: bool = False
+    # Calibration tokens held out (after the training ones) to choose the best step and to check
+    # that healing helped; never the report's held-out perplexity text.
+    eval_tokens: int = field(default=512, metadata={"min": 8})
+    eval_every: int = field(default=50, metadata={"min": 1})
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    # Checkpoints, metrics.jsonl (default: OUT.heal beside --out, else runs/heal).
+    run_dir: Optional[str] = None
+
+
+@dataclass
 class FactorizeRecipe:
     command: ClassVar[str] = "factorize"
     description: str = ""
     model: ModelSection = field(default_factory=ModelSection)
     factorize: FactorizeSection = field(default_factory=FactorizeSection)
+    heal: HealSection = field(default_factory=HealSection)
     out: Optional[str] = None
 
 

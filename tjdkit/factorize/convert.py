@@ -11,6 +11,7 @@ perplexity passes nor the model load), which is what the 60 s target is about.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Optional
@@ -22,8 +23,8 @@ from tjdkit.config import FactorizeSection
 from tjdkit.errors import TjdkitError
 from tjdkit.models.quantize import refuse_quantized
 
-Method = Literal["tucker", "tpa"]
-METHODS = ("tucker", "tpa")
+Method = Literal["tucker", "tpa", "latent"]
+METHODS = ("tucker", "tpa", "latent")
 
 
 # The recipe's `factorize` section is the library's options too: one set of defaults.
@@ -61,6 +62,9 @@ class FactorizeReport:
     eval_tokens: int = 0
     dtype_bytes: int = 4
     num_layers: int = 0
+    budget: Optional[dict] = None  # rank auto (tucker): the sensitivity search and its check
+    perplexity_healed: Optional[float] = None  # after `heal_factorized`, on the same held-out tokens
+    heal: Optional[dict] = None
 
     @property
     def parameters_before(self) -> int:
@@ -86,7 +90,7 @@ class FactorizeReport:
             "version": 1,
             "method": self.method,
             "materialized": bool(self.method == "tucker" and self.options.materialize),
-            "layers": {str(r.layer): {"ranks": list(r.ranks)} for r in self.layers},
+            "layers": {str(r.layer): {"ranks": list(r.ranks)} for r in self.layers if not r.extra.get("dense")},
         }
 
     def to_dict(self) -> dict:
@@ -105,6 +109,9 @@ class FactorizeReport:
             "kv_bytes_per_token_before": sum(r.kv_numbers_before for r in self.layers) * self.dtype_bytes,
             "kv_bytes_per_token_after": sum(r.kv_numbers_after for r in self.layers) * self.dtype_bytes,
             "layers": [{**asdict(r), "compression": r.compression} for r in self.layers],
+            "budget": self.budget,
+            "perplexity_healed": self.perplexity_healed,
+            "heal": self.heal,
         }
 
 
@@ -149,7 +156,8 @@ def factorize_model(
     plans = {index: _plan(options.method, spec) for index, spec in specs.items()}
     for index in chosen:
         _check_plan(layers[index].self_attn, model.config, options.method, plans[index])
-    needs_calibration = options.method == "tpa" or options.activation_aware
+    searched = [i for i in chosen if options.method == "tucker" and plans[i][0] == "auto"]
+    needs_calibration = options.method == "tpa" or options.activation_aware or bool(searched)  # latent: if aware
     calibration_text = calibration_ids(options.calibration, tokenizer, options.calibration_tokens) if needs_calibration else None
 
     eval_ids = heldout_ids(tokenizer, options.eval_tokens) if options.eval_tokens else None
@@ -158,16 +166,21 @@ def factorize_model(
         on_stage and on_stage("perplexity of the original model")
         before = perplexity(model, eval_ids)
     calibration = {}
-    if calibration_text is not None:
+    if calibration_text is not None and (options.method == "tpa" or options.activation_aware):
         on_stage and on_stage("calibration activations")
         calibration = _attention_inputs(model, layers, chosen, calibration_text)
 
-    results = []
     started = time.perf_counter()
+    budget = None
+    if searched:
+        budget = _search_budget(model, layers, searched, options, calibration, calibration_text, plans, on_stage)
+    results = []
     for position, index in enumerate(chosen):
         layer_started = time.perf_counter()
         if options.method == "tucker":
             result = _tucker_layer(layers[index], model.config, index, plans[index], options, calibration.get(index))
+        elif options.method == "latent":
+            result = _latent_layer(layers[index], model.config, index, plans[index], calibration.get(index))
         else:
             result = _tpa_layer(layers[index], model.config, index, plans[index], options, calibration[index])
         result.seconds = time.perf_counter() - layer_started
@@ -192,7 +205,47 @@ def factorize_model(
         eval_tokens=0 if eval_ids is None else int(eval_ids.shape[1]),
         dtype_bytes=torch.finfo(dtype).bits // 8,
         num_layers=len(layers),
+        budget=budget,
     )
+
+
+def _search_budget(model, layers, searched, options, calibration, calibration_text, plans, on_stage) -> dict:
+    """rank auto (tucker): per-layer ranks within options.max_ppl_increase; sets plans in place."""
+    from tjdkit.factorize.sensitivity import ShortlistPerplexity, search_ranks
+    from tjdkit.factorize.texts import perplexity
+    from tjdkit.factorize.tucker import activation_scale
+
+    scales = {i: activation_scale(calibration[i]) if i in calibration else None for i in searched}
+    ids = calibration_text[:, : options.budget_tokens]
+    check = calibration_text[:, options.budget_tokens :]  # the rest of the calibration text checks the choice
+    check = check if check.shape[1] >= 16 else ids
+    on_stage and on_stage("the dense model's shortlist")
+    shortlist = ShortlistPerplexity(model, ids)
+    choice = search_ranks(
+        model, layers, searched, scales, ids, options.max_ppl_increase / 100.0, perplexity, on_stage=on_stage,
+        trial_perplexity=shortlist, check_ids=check,
+    )
+    for index, ranks in choice.ranks.items():
+        plans[index] = ("dense",) if ranks is None else ("fixed", ranks)
+    return {
+        "max_ppl_increase": options.max_ppl_increase / 100.0,
+        "tokens": int(ids.shape[1]),
+        "check_tokens": int(check.shape[1]),
+        "shortlist": shortlist.size,
+        "perplexity_dense": choice.dense_perplexity,
+        "perplexity_chosen": choice.perplexity,
+        "increase": choice.increase,
+        "attempts": choice.attempts,
+        "fits": choice.fits,
+        "curves": {
+            str(index): [
+                {"ranks": None if o.ranks is None else list(o.ranks), "parameters": o.parameters,
+                 "perplexity_increase": math.expm1(o.log_ppl_increase)}
+                for o in curve.options
+            ]
+            for index, curve in choice.curves.items()
+        },
+    }
 
 
 # ---- plans: what each layer gets ------------------------------------------------------------
@@ -217,6 +270,8 @@ def _plan(method: str, spec: str) -> Any:
     text = str(spec).strip().lower()
     if text == "auto":
         return ("auto",)
+    if text == "energy":  # ranks by --energy alone, the rule `auto` used before the budget search
+        return ("energy",)
     factor = parse_compression(text)
     if factor is not None:
         if method != "tucker":
@@ -226,6 +281,10 @@ def _plan(method: str, spec: str) -> Any:
         from tjdkit.factorize.specs import parse_rank
 
         return ("fixed", parse_rank(text))
+    if method == "latent":
+        from tjdkit.factorize.latent import parse_latent_rank
+
+        return ("fixed", parse_latent_rank(text))
     from tjdkit.factorize.tpa import parse_tpa_rank
 
     return ("fixed", parse_tpa_rank(text))
@@ -239,7 +298,15 @@ def _check_plan(attn: nn.Module, config: Any, method: str, plan: Any) -> None:
 
     if method == "tpa" and type(attn).__name__ == "TpaAttention":
         raise TjdkitError("this attention layer is already converted to TPA")
+    if type(attn).__name__ in ("TpaAttention", "LatentKVAttention"):
+        raise TjdkitError(f"this attention layer is already converted ({type(attn).__name__})")
     shape = attention_shape(attn, config)
+    if method == "latent":
+        from tjdkit.factorize.latent import check_latent_rank
+
+        if plan[0] == "fixed":
+            check_latent_rank(plan[1], shape)
+        return
     if plan[0] == "compress":
         compression_ranks(shape, plan[1])
     elif plan[0] == "fixed" and method == "tucker":
@@ -275,7 +342,9 @@ def _tucker_layer(layer: nn.Module, config: Any, index: int, plan: Any, options:
     tensor = attention_tensor(attn, config)
     scale = activation_scale(inputs) if inputs is not None else None
     spectra = mode_spectra(scale_dmodel(tensor, scale))
-    if plan[0] == "auto":
+    if plan[0] == "dense":  # rank auto found no saving here worth its perplexity
+        return _dense_layer(attn, config, index, shape, spectra)
+    if plan[0] in ("auto", "energy"):
         ranks = auto_ranks(spectra, options.energy)
     elif plan[0] == "compress":
         ranks = compression_ranks(shape, plan[1])
@@ -305,6 +374,51 @@ def _tucker_layer(layer: nn.Module, config: Any, index: int, plan: Any, options:
         kv_numbers_before=kv,
         kv_numbers_after=kv,
         spectra={name: s.tolist() for name, s in zip(MODE_NAMES, spectra)},
+    )
+
+
+def _dense_layer(attn, config, index: int, shape, spectra) -> LayerResult:
+    from tjdkit.factorize.specs import MODE_NAMES
+    from tjdkit.factorize.tucker import dense_num_parameters
+
+    dense = dense_num_parameters(shape)
+    kv = 2 * shape.kv_heads * shape.head_dim
+    return LayerResult(
+        layer=index,
+        attention=attention_kind(config, index),
+        ranks=tuple(int(d) for d in shape.tensor_shape[:3]),
+        parameters_before=dense,
+        parameters_after=dense,
+        relative_error=0.0,
+        seconds=0.0,
+        kv_numbers_before=kv,
+        kv_numbers_after=kv,
+        spectra={name: s.tolist() for name, s in zip(MODE_NAMES, spectra)},
+        extra={"dense": True},
+    )
+
+
+# ---- latent KV ---------------------------------------------------------------------------------
+
+
+def _latent_layer(layer, config, index: int, plan: Any, inputs) -> LayerResult:
+    from tjdkit.factorize.latent import auto_latent_rank, convert_latent_layer
+    from tjdkit.factorize.tucker import attention_shape
+
+    shape = attention_shape(layer.self_attn, config)
+    rank = auto_latent_rank(shape) if plan[0] in ("auto", "energy") else plan[1]
+    report = convert_latent_layer(layer, config, rank, inputs)
+    return LayerResult(
+        layer=index,
+        attention=attention_kind(config, index),
+        ranks=report.rank,
+        parameters_before=report.parameters_before,
+        parameters_after=report.parameters_after,
+        relative_error=report.value_error,
+        seconds=0.0,
+        kv_numbers_before=report.kv_numbers_before,
+        kv_numbers_after=report.kv_numbers_after,
+        extra={"key_share": report.key_share},
     )
 
 
@@ -340,7 +454,7 @@ def _tpa_layer(layer, config, index: int, plan: Any, options: FactorizeOptions, 
     attn = layer.self_attn
     shape = attention_shape(attn, config)
     spectra = head_spectra(attn, config)
-    if plan[0] == "auto":
+    if plan[0] in ("auto", "energy"):
         rank = auto_tpa_ranks(spectra, options.energy)
     else:
         rank = check_tpa_rank(plan[1], shape)

@@ -33,6 +33,7 @@ def factorize_all_layers_with_shared_factors(
     *,
     rank: str = "auto",
     energy: float = DEFAULT_ENERGY,
+    max_ppl_increase: float = 1.0,
     layers: str = "all",
     materialize: bool = False,
     calibration: str = "sharegpt",
@@ -40,16 +41,20 @@ def factorize_all_layers_with_shared_factors(
 ) -> FactorizeReport:
     """Tucker-factorise every chosen layer's Q/K/V/O with factors shared by all heads (TensorLLM).
 
-    rank: "auto" (by `energy`), "R_dmodel,R_headdim,R_role" or a compression target like "2x".
+    rank: "auto" (with a tokenizer: the smallest within `max_ppl_increase` percent on `calibration`
+    text; without one: by `energy`), "energy", "R_dmodel,R_headdim,R_role" or a target like "2x".
     With a tokenizer the decomposition is activation-aware on `calibration` text and, when
     eval_tokens > 0, the report carries perplexity before and after; without one it is data-free.
     """
+    if tokenizer is None and str(rank).strip().lower() == "auto":
+        rank = "energy"  # the budget search measures perplexity, which needs text
     if tokenizer is None and eval_tokens:
         raise TjdkitError("eval_tokens needs the tokenizer: pass factorize_all_layers_with_shared_factors(model, tokenizer, ...)")
     options = FactorizeOptions(
         method="tucker",
         rank=str(rank),
         energy=energy,
+        max_ppl_increase=max_ppl_increase,
         layers=layers,
         materialize=materialize,
         activation_aware=tokenizer is not None,

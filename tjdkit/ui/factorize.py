@@ -6,10 +6,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-RANK_NAMES = {"tucker": "R_dmodel,R_headdim,R_role", "tpa": "R_q,R_k,R_v"}
+RANK_NAMES = {"tucker": "R_dmodel,R_headdim,R_role", "tpa": "R_q,R_k,R_v", "latent": "K key dims,R value rank"}
 ERROR_NOTES = {
     "tucker": "rel. error: ||W - W'|| / ||W|| over the layer's Q/K/V/O weights",
     "tpa": "rel. error: worst of Q/K/V outputs on the calibration text, after refinement",
+    "latent": "rel. error: of the values on the calibration text; params: V's (A+B against v_proj)",
 }
 
 
@@ -21,8 +22,12 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _ranks(row) -> str:
+    return "dense" if row.extra.get("dense") else ",".join(str(r) for r in row.ranks)
+
+
 def layer_line(row, done: int, total: int) -> str:
-    ranks = ",".join(str(r) for r in row.ranks)
+    ranks = _ranks(row)
     return (
         f"[{done}/{total}] layer {row.layer:>2} ({row.attention}) ranks {ranks:<12} "
         f"{_count(row.parameters_before)} -> {_count(row.parameters_after)} params "
@@ -31,7 +36,7 @@ def layer_line(row, done: int, total: int) -> str:
 
 
 def report_table(report, title: str) -> Table:
-    tpa = report.method == "tpa"
+    tpa = report.method in ("tpa", "latent")  # both change the KV cache
     caption = [f"ranks: {RANK_NAMES[report.method]}", ERROR_NOTES[report.method],
                "params: attention weights (biases and norms not counted)"]
     if tpa:
@@ -48,7 +53,7 @@ def report_table(report, title: str) -> Table:
         cells = [
             str(row.layer),
             row.attention,
-            ",".join(str(r) for r in row.ranks),
+            _ranks(row),
             _count(row.parameters_before),
             _count(row.parameters_after),
             f"{row.compression:.2f}x",
@@ -82,9 +87,44 @@ def perplexity_line(report) -> str:
         return "perplexity: not measured (eval_tokens = 0)"
     change = report.perplexity_change
     colour = "green" if change <= 0.03 else "yellow" if change <= 0.10 else "red"
-    return (
+    line = (
         f"perplexity on {report.eval_tokens} held-out tokens (ShareGPT test): "
         f"{report.perplexity_before:.3f} -> {report.perplexity_after:.3f} ([{colour}]{change:+.2%}[/])"
+    )
+    if report.perplexity_healed is not None:
+        healed = report.perplexity_healed / report.perplexity_before - 1.0
+        colour = "green" if healed <= 0.03 else "yellow" if healed <= 0.10 else "red"
+        line += f" -> healed {report.perplexity_healed:.3f} ([{colour}]{healed:+.2%}[/])"
+    return line
+
+
+def heal_line(report) -> str | None:
+    heal = report.heal
+    if not heal:
+        return None
+    outcome = "kept" if heal["kept"] else "[yellow]not kept: it did not lower held-out perplexity, the unhealed factors are back[/]"
+    return (
+        f"healing: {heal['steps']} steps in {heal['seconds']:.0f} s, distillation KL {heal['kl_before']:.4f} -> "
+        f"{heal['kl_after']:.4f} on held-out calibration windows; {outcome} (checkpoints: {heal['run_dir']})"
+    )
+
+
+def budget_line(report) -> str | None:
+    """rank auto's outcome: the budget, what fitted, and the check of the chosen combination."""
+    budget = report.budget
+    if not budget:
+        return None
+    if not budget["fits"]:
+        return (
+            f"[yellow]nothing fits a {budget['max_ppl_increase']:.1%} perplexity budget: every layer stays dense "
+            "(raise --max-ppl-increase, or give --rank 2x to compress at a cost)[/]"
+        )
+    kept = sum(1 for row in report.layers if row.extra.get("dense"))
+    return (
+        f"rank auto: smallest attention within +{budget['max_ppl_increase']:.1%} perplexity (layers measured on "
+        f"{budget['tokens']} calibration tokens, the choice checked on {budget['check_tokens']} others: "
+        f"{budget['perplexity_dense']:.3f} -> {budget['perplexity_chosen']:.3f}, {budget['increase']:+.2%}, try "
+        f"{budget['attempts']}); {kept} layer(s) kept dense"
     )
 
 
