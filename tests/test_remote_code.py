@@ -211,7 +211,8 @@ def test_remote_hyformer_file_imports_torch_and_transformers_only():
     "overrides", [{}, {"pooling": "mean", "prediction_task_type": "classification", "num_prediction_tasks": 3}]
 )
 def test_remote_hyformer_copy_equals_tjdkit(overrides):
-    """The copy the directories carry computes what tjdkit computes, for every task and setting."""
+    """The copy the directories carry computes what tjdkit computes, for every task and setting
+    (a guard: tjdkit's classes subclass it, so only their extras could make them differ)."""
     model = tiny_hyformer(**overrides)
     copy = remote_hyformer.Hyformer(remote_hyformer.HyformerConfig(**model.config.to_diff_dict()))
     copy.load_state_dict(model.state_dict())
@@ -227,6 +228,23 @@ def test_remote_hyformer_copy_equals_tjdkit(overrides):
         masked = torch.full_like(ids, -100)
         masked[:, 2] = ids[:, 2]
         torch.testing.assert_close(copy(ids, task="mlm", labels=masked).loss, model(ids, task="mlm", labels=masked).loss)
+
+
+def test_tjdkit_hyformer_is_built_on_the_copied_file():
+    """One truth: tjdkit's Hyformer classes subclass the file saved directories carry, and the
+    layers and losses tjdkit imports are that file's own objects, not copies."""
+    from tjdkit.models.hyformer import KVCache, layers, losses, model
+
+    for mine, shared in ((Hyformer, remote_hyformer.Hyformer), (HyformerConfig, remote_hyformer.HyformerConfig),
+                         (model.HyformerModel, remote_hyformer.HyformerModel), (KVCache, remote_hyformer.KVCache)):
+        assert issubclass(mine, shared) and mine.__module__.startswith("tjdkit.models.hyformer."), mine
+    for name in ("RMSNorm", "Rotary", "Attention", "SwiGLU", "HyformerBlock", "PredictionLayer", "attention_allowed", "pool"):
+        assert getattr(layers, name) is getattr(remote_hyformer, name), name
+    for name in ("compute_lm_loss", "compute_mlm_loss", "compute_prediction_loss", "IGNORE_INDEX"):
+        assert getattr(losses, name) is getattr(remote_hyformer, name), name
+    for name in ("forward", "predict", "_in_data_units"):
+        assert name not in vars(Hyformer), f"tjdkit's Hyformer redefines {name}"
+    assert "forward" not in vars(model.HyformerModel)
 
 
 def test_hyformer_directory_loads_in_plain_transformers(plain):

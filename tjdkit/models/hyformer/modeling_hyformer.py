@@ -1,11 +1,11 @@
-"""Hyformer (Izdebski et al. 2025) for plain transformers: config, layers, body, lm/mlm/prediction heads.
+"""Hyformer (Izdebski et al. 2025) for plain transformers: config, layers, losses, body, lm/mlm/prediction heads.
 
-tjdkit copies this file into every Hyformer directory it saves, with an auto_map in config.json,
-so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` (and AutoModel, AutoConfig)
-load it in a process without tjdkit. It imports torch and transformers only. It is a copy of the
-network in tjdkit.models.hyformer (config.py, layers.py, losses.py, model.py) without tjdkit's
-extras (the seed's generate/from_pretrained/save, KVCache size checks): tests/test_remote_code.py
-compares its logits with tjdkit's on random tiny models, so the two cannot drift apart.
+The one definition of Hyformer's network. tjdkit runs it (tjdkit.models.hyformer's config.py,
+layers.py, losses.py and model.py import from here and subclass only to add tjdkit's extras: the
+seed's generate/from_pretrained/save, KVCache size checks, JSON helpers) and copies this file into
+every Hyformer directory it saves, with an auto_map in config.json, so
+`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` (and AutoModel, AutoConfig)
+load it in a process without tjdkit. It therefore imports torch and transformers only.
 tjdkit never imports the copy in a directory; it loads Hyformer directories with its own classes.
 """
 
@@ -382,6 +382,8 @@ class HyformerPreTrainedModel(PreTrainedModel):
 class HyformerModel(HyformerPreTrainedModel):
     """The body: embeddings, blocks, final norm. Returns the normed hidden states."""
 
+    cache_class = KVCache  # what a layer's empty cache is made of (a subclass may check sizes)
+
     def __init__(self, config: HyformerConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
@@ -409,9 +411,9 @@ class HyformerModel(HyformerPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         B, T = input_ids.shape
         if cache is None and use_cache:
-            cache = [KVCache() for _ in self.layers]
+            cache = [self.cache_class() for _ in self.layers]
         elif isinstance(cache, (list, tuple)):
-            cache = [layer if layer is not None else KVCache() for layer in cache]
+            cache = [layer if layer is not None else self.cache_class() for layer in cache]
         past = _cache_length(cache)
         if position_ids is None:
             if past + T > self.config.max_seq_len:
@@ -467,15 +469,16 @@ class Hyformer(HyformerPreTrainedModel, GenerationMixin):
     """The body with its heads: `lm` and `mlm` share the embedding matrix; `prediction` pools and regresses/classifies."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight", "mlm_head.weight": "model.embed_tokens.weight"}
+    body_class = HyformerModel  # the class of `self.model` (a subclass may use its own)
 
     def __init__(self, config: Optional[HyformerConfig] = None, **kwargs):
         """`Hyformer(config)` or, as in the seed, `Hyformer(vocab_size=..., d_model=..., ...)`."""
         if config is None:
-            config = HyformerConfig(**kwargs)
+            config = self.config_class(**kwargs)
         elif kwargs:
             raise TypeError("pass either a HyformerConfig or its fields as keywords, not both")
         super().__init__(config)
-        self.model = HyformerModel(config)
+        self.model = self.body_class(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.mlm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.prediction_head = None
