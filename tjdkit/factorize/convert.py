@@ -25,6 +25,7 @@ from tjdkit.models.quantize import refuse_quantized
 
 Method = Literal["tucker", "tpa", "latent"]
 METHODS = ("tucker", "tpa", "latent")
+CHECK_TOKENS = 1024  # rank auto: calibration tokens after the search's own that check its choice
 
 
 # The recipe's `factorize` section is the library's options too: one set of defaults.
@@ -217,7 +218,7 @@ def _search_budget(model, layers, searched, options, calibration, calibration_te
 
     scales = {i: activation_scale(calibration[i]) if i in calibration else None for i in searched}
     ids = calibration_text[:, : options.budget_tokens]
-    check = calibration_text[:, options.budget_tokens :]  # the rest of the calibration text checks the choice
+    check = calibration_text[:, options.budget_tokens : options.budget_tokens + CHECK_TOKENS]  # tokens the search never saw
     check = check if check.shape[1] >= 16 else ids
     on_stage and on_stage("the dense model's shortlist")
     shortlist = ShortlistPerplexity(model, ids)

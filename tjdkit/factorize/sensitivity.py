@@ -40,7 +40,7 @@ from tjdkit.factorize.tucker import (
 )
 
 # Parameter compressions tried per layer: from barely smaller than dense to a quarter.
-CANDIDATE_FACTORS = (1.2, 1.5, 2.0, 3.0)
+CANDIDATE_FACTORS = (1.05, 1.1, 1.2, 1.5, 2.0, 3.0)
 BUDGET_BINS = 400  # the knapsack's resolution: 1/400 of the budget
 RETRIES = 4  # tighter budgets tried when a combination measures over budget
 TIGHTEN = 0.6
