@@ -287,6 +287,23 @@ def test_bench_head_dir_takes_a_head_directory(run_cli, shared_dir, tmp_path):
     assert result["parity"] is True and result["outputs"]["verify"] == result["outputs"]["ar"]
 
 
+def test_bench_card_writes_the_measured_tau_and_speedup_into_the_card(run_cli, shared_dir, tmp_path):
+    import shutil
+
+    directory = tmp_path / "measured"
+    shutil.copytree(shared_dir, directory)
+    code, out, err = run_cli("bench", "--head-dir", str(directory), "--prompts", "1", "--max-new-tokens", "6",
+                             "--modes", "ar,verify", "--drafter", "head", "--card", "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    verify = json.loads((tmp_path / "b.json").read_text())["modes"]["verify"]
+    metrics = json.loads((directory / "config.json").read_text())["metrics"]
+    assert metrics["tau"] == pytest.approx(verify["tau"]) and metrics["speedup"] == pytest.approx(verify["speedup"])
+    assert "tjdkit bench: 1 prompts" in metrics["measured_on"]
+    card = (directory / "README.md").read_text()
+    assert f"| tokens per forward (tau) | {verify['tau']:.3g} |" in card and "not measured (" not in card
+    assert same_outputs(JointHead.from_pretrained(directory), JointHead.from_pretrained(shared_dir), hidden_size=64)
+
+
 def test_from_pretrained_of_a_run_directory_loads_its_best_head(run_dir):
     from tjdkit.training.runs import load_run
 

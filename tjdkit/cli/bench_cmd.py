@@ -51,6 +51,7 @@ def bench(
                                         help="Weight formats timed side by side, comma-separated: float32, bfloat16, "
                                              "fp16-weights (default: float32,fp16-weights on a CPU, auto on a GPU)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw tokens/s and acceptance to this PNG."),
+    card: bool = typer.Option(False, "--card", help="Write verify's measured tau and speed-ups into the head directory's model card."),
     seed: SeedOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
@@ -99,7 +100,7 @@ def bench(
         joint_head = None
     first, variants = weight_variants(loaded, dtypes)
     _run_and_report(first, variants, tokenizer, joint_head, model_name, run_dir, trained, dataset, split, prompts,
-                    prompts_file, chosen, max_new_tokens, plot, json_path, drafter,
+                    prompts_file, chosen, max_new_tokens, plot, json_path, drafter, card=card, resolved=
                     settings("bench", None, model=model_name, dtype=dtypes, seed=seed, head=head if needs_head else None, rank=rank,
                              horizon=horizon, head_dir=str(run_dir) if run_dir is not None else None, dataset=dataset, split=split,
                              prompts=prompts, prompts_file=str(prompts_file) if prompts_file is not None else None,
@@ -121,8 +122,23 @@ def _head_run(head_dir, model, head, rank, horizon, dataset):
                                 loaded=lambda: load_model_with_progress(model_name), on_event=on_event)
 
 
+def _record_on_card(run_dir, row: dict, measured_on: str) -> None:
+    """verify's measured tau and speed-ups into the head directory's config.json and model card."""
+    from tjdkit.heads.hub import is_head_dir, record_metrics
+    from tjdkit.training.runs import checkpoint_dir
+
+    directory = checkpoint_dir(run_dir)
+    if not is_head_dir(directory):
+        stderr().print(f"[yellow]--card: {directory} is not a head directory (a run from an older tjdkit); nothing written[/]")
+        return
+    metrics = {"tau": row.get("tau"), "speedup": row.get("speedup"), "speedup_vs_lookup": row.get("speedup_vs_lookup"),
+               "tokens_per_second": row.get("tokens_per_second"), "measured_on": measured_on}
+    record_metrics(directory, metrics)
+    stdout().print(f"wrote tau {row.get('tau', float('nan')):.2f} and speed-up {row.get('speedup', float('nan')):.2f}x into {directory}/README.md")
+
+
 def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, trained, dataset, split, count, prompts_file, modes,
-                    max_new_tokens, plot, json_path, drafter, resolved=None) -> None:
+                    max_new_tokens, plot, json_path, drafter, resolved=None, card: bool = False) -> None:
     from tjdkit.bench import bench_prompts, environment, file_prompts, run_bench
     from tjdkit.ui.bench import bench_table, dtype_lines, parity_lines, save_plot
     from tjdkit.ui.progress import stage_bars
@@ -162,6 +178,9 @@ def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, train
     if plot is not None:
         save_plot(result, plot, title(env['dtype']))
         stderr().print(f"[dim]wrote {plot}[/]")
+    if card and head is not None and "verify" in result.get("modes", {}):
+        _record_on_card(run_dir, result["modes"]["verify"], f"tjdkit bench: {len(prompts)} prompts of {source} x "
+                        f"{max_new_tokens} tokens, greedy, {drafter} drafts, {env['device']} {result['dtype']}, {env['threads']} threads")
     write_json(json_path, {
         "model": model_name,
         "head": {"run_dir": str(run_dir), "trained_now": trained, **head.config()} if head is not None else None,

@@ -151,6 +151,19 @@ def save_pretrained(head, save_directory: str | Path, **metadata: Any) -> Path:
     return path
 
 
+def record_metrics(directory: str | Path, metrics: Mapping[str, Any]) -> dict:
+    """Merge measured numbers (tau, speedup, ...) into a head directory's config.json and write its
+    card again: how `tjdkit bench --card` puts what it measured on the head that is shared."""
+    from tjdkit.fileio import atomic_write_text
+
+    directory = Path(directory)
+    config = read_config(directory)
+    config["metrics"] = _known({**(config.get("metrics") or {}), **metrics})
+    atomic_write_text(directory / CONFIG, json.dumps(config, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(directory / CARD, model_card(config, str(directory)))
+    return config
+
+
 def push_to_hub(head, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 revision: str | None = None, commit_message: str = "Upload tjdkit joint head",
                 create_pr: bool = False, **metadata: Any):
@@ -367,6 +380,8 @@ def model_card(config: Mapping, where: str) -> str:
         f"| held-out NLL, nats/token | {_number(nll) if nll is not None else 'not measured'}"
         + (f" (base model: {_number(base_nll)})" if base_nll is not None else "") + " |",
     ]
+    if metrics.get("speedup_vs_lookup") is not None:
+        lines.append(f"| speedup over transformers' prompt lookup | {_number(metrics['speedup_vs_lookup'])}x |")
     if metrics.get("measured_on"):
         lines.append(f"| measured on | {metrics['measured_on']} |")
     lines += [
