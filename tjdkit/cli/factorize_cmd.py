@@ -26,6 +26,7 @@ from tjdkit.cli.common import (
 EXAMPLES = """Examples:
 
   tjdkit factorize gemma3 --rank auto --out gemma3-tucker
+  tjdkit factorize gemma3 --method latent --heal 32768 --out gemma3-latent
   tjdkit factorize tiny-llama --method tpa --rank 2,1,1 --seed 1 --json -
 """
 
