@@ -22,7 +22,6 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 MODEL_TYPE = "tjdkit_factorized"
@@ -258,8 +257,6 @@ class TpaAttention(nn.Module):
         cache: Any = None,
         **kwargs: Any,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         input_shape = hidden_states.shape[:-1]  # [b, s]
         query = self.tpa_q.product(hidden_states).transpose(1, 2)  # [b, h, s, d_h]
         if self.q_norm is not None:
@@ -276,20 +273,7 @@ class TpaAttention(nn.Module):
             key, value = cache.update(key, value, self.layer_idx)  # [b, 1, S, ...]
         key, value = self._expand(key, self.tpa_k), self._expand(value, self.tpa_v)  # [b, h, S, d_h]
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, self._eager_attention
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            sliding_window=self.sliding_window,
-            **kwargs,
-        )
+        attn_output, attn_weights = _attend(self, query, key, value, attention_mask, **kwargs)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # [b, s, h*d_h]
         return self.o_proj(attn_output), attn_weights
 
@@ -313,6 +297,9 @@ class LatentKVAttention(nn.Module):
         self.q_proj, self.k_proj, self.o_proj = original.q_proj, original.k_proj, original.o_proj
         self.q_norm = getattr(original, "q_norm", None)
         self.k_norm = getattr(original, "k_norm", None)
+        module = sys.modules[type(original).__module__]  # the architecture's own eager attention and RoPE
+        self._eager_attention = module.eager_attention_forward
+        self._apply_rope = module.apply_rotary_pos_emb
         k, r = rank
         reference = original.v_proj.weight
         self.v_down = nn.Linear(d_model, r, bias=False).to(reference)  # A: x -> c [R]
@@ -340,9 +327,7 @@ class LatentKVAttention(nn.Module):
         if self.k_norm is not None:  # the norm sees the whole key: its RMS is over all d_h dims
             key = self.k_norm(key)
         cos, sin = position_embeddings  # [b, s, d_h]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        query = query * cos + _rotate_half(query) * sin
-        key = key * cos + _rotate_half(key) * sin
+        query, key = self._apply_rope(query, key, cos, sin)
         dims = self.key_dims.to(query.device)
         return query.index_select(-1, dims), key.index_select(-1, dims)
 
@@ -354,8 +339,6 @@ class LatentKVAttention(nn.Module):
         cache: Any = None,
         **kwargs: Any,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         _, head_dim, heads, kv_heads = self.shape_info
         input_shape = hidden_states.shape[:-1]  # [b, s]
         query, key = self._queries_keys(hidden_states, position_embeddings)
@@ -363,18 +346,7 @@ class LatentKVAttention(nn.Module):
         if cache is not None:
             key, latent = cache.update(key, latent, self.layer_idx)  # [b, kv, S, K], [b, 1, S, R]
         value = latent.expand(latent.shape[0], kv_heads, *latent.shape[2:])  # the same latent for every KV head
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, _latent_eager_attention)
-        mixed, weights = interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            sliding_window=getattr(self, "sliding_window", None),
-            **kwargs,
-        )  # mixed [b, s, h, R]
+        mixed, weights = _attend(self, query, key, value, attention_mask, **kwargs)  # mixed [b, s, h, R]
         up = self.v_up.weight.view(kv_heads, head_dim, -1)  # [kv, d_h, R]
         group = heads // kv_heads
         mixed = mixed.unflatten(2, (kv_heads, group))  # [b, s, kv, g, R]
@@ -385,25 +357,23 @@ class LatentKVAttention(nn.Module):
         return self.o_proj(out), weights
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor], **kwargs: Any):
+    """The architecture's own attention kernel (config._attn_implementation, else its eager one) on
+    query [b, h, s, E], key [b, kv, S, E], value [b, kv, S, Ev] -> ([b, s, h, Ev], weights)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-
-def _latent_eager_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **_kwargs):
-    """softmax(q k^T * scaling + mask) v, with GQA by repeating key/value heads; [b, s, h, Ev]."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    cap = getattr(module, "attn_logit_softcapping", None)
-    if cap:
-        scores = torch.tanh(scores / cap) * cap
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, module._eager_attention)
+    return interface(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=module.attention_dropout if module.training else 0.0,
+        scaling=module.scaling,
+        sliding_window=getattr(module, "sliding_window", None),
+        **kwargs,
+    )
 
 
 # ---- loading a saved directory in plain transformers --------------------------------------------
