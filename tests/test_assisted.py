@@ -123,8 +123,12 @@ def test_greedy_stops_at_eos_as_plain_generate_does(models, name):
         assert torch.equal(ours, reference)
 
 
-def test_same_drafts_and_acceptance_as_tjdkit_verify(models):
-    """transformers' loop with the head verifies exactly what tjdkit's own verify loop does with drafter=head."""
+def test_same_drafts_and_acceptance_as_tjdkit_verify(models, monkeypatch):
+    """transformers' loop with the head verifies exactly what tjdkit's own verify loop does with drafter=head
+    and one draft path a step (transformers verifies a chain, not a tree)."""
+    from tjdkit.decoding import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "MAX_ALTERNATIVES", 0)
     model, tokenizer = models["tiny-gemma3"]
     head = noisy_head(model, 4)
     ids = ids_of(tokenizer, PROMPTS[0])

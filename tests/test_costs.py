@@ -167,9 +167,9 @@ def test_verify_takes_the_length_the_costs_pay_for_and_stays_lossless(monkeypatc
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-gpt2"])
 def test_tree_steps_verify_the_copy_and_the_head_together_and_stay_greedy(monkeypatch, name):
-    """A flat cost curve makes two branches (the copy; the head's drafts) as cheap as one, so hybrid
-    verifies both in one forward; the kept row's cache must continue exactly as greedy decoding,
-    across Gemma 3's sliding window, whichever branch wins."""
+    """A flat cost curve makes several branches (the copy; the head's drafts and its next-best first
+    drafts) as cheap as one, so hybrid verifies them as one token tree; the compacted cache must
+    continue exactly as greedy decoding, across Gemma 3's sliding window, whichever branch wins."""
     from tests.test_decoding import weak_head
 
     model, tokenizer = load_model(name)
@@ -183,35 +183,35 @@ def test_tree_steps_verify_the_copy_and_the_head_together_and_stay_greedy(monkey
     assert stats.new_tokens == 60 == 1 + sum(a + 1 for a in stats.accepted)
 
 
-def test_tree_verification_keeps_whichever_branch_the_model_accepts(monkeypatch):
-    """Scripted branches: the copy wrong from its first draft and the head right, then the reverse;
-    the kept branch, the accepted count and the cache all follow the model."""
-    from tjdkit.decoding import verify as verify_module
-    from tjdkit.decoding.forward import hidden_and_logits, new_cache
-    from tjdkit.decoding.sampling import Sampling
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-gpt2"])
+def test_the_heads_next_best_drafts_join_the_tree_and_stay_greedy(monkeypatch, name):
+    """With flat costs, a wider forward is nearly free, so a confident head's next-best first drafts (each
+    continued by the head) join as branches; greedy output stays the model's. A head whose second
+    position is flat (every next-best has probability ~1/V) is worth no extra branch at any cost."""
+    from tests.test_decoding import weak_head
 
-    model, tokenizer = load_model("tiny-gemma3")
-    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog. " * 2).input_ids])
-    reference, _ = generate(model, ids, mode="ar", max_new_tokens=12)
-    for right in (0, 1, "skip"):
-        cache = new_cache(model)
-        _, logits = hidden_and_logits(model, ids, cache, last_only=True)
-        cache.activate_past_recording()
-        token = int(logits[-1].argmax())
-        assert token == reference[0]
-        good = reference[1:5]
-        bad = [(t + 1) % model.config.vocab_size for t in reference[1:7]]
-        branches = {0: [good, bad], 1: [bad, good[:3]], "skip": [good, bad[:4]]}[right]
-        if right == "skip":  # the copy holds for 4: a head branch of 4 cannot do better, so it is never read
-            kept, new, accepted, hidden, both, rows = verify_module._verify_tree(
-                model, cache, token, branches, [8, 8], ids, [token], [], Sampling())
-            assert (kept, accepted, both, rows) == (0, 4, [4, None], 5) and new == reference[1:6]
-            continue
-        kept, new, accepted, hidden, both, rows = verify_module._verify_tree(
-            model, cache, token, branches, [1, 1], ids, [token], [], Sampling())
-        assert kept == right and new == reference[1 : 2 + accepted] and accepted == len(branches[right])
-        assert both[1 - right] == 0 and cache.get_seq_length() == ids.shape[1] + 1 + accepted
-        assert 1 + accepted <= rows
-        follow = torch.tensor([[new[-1]]])
-        _, next_logits = hidden_and_logits(model, follow, cache)
-        assert int(next_logits[-1].argmax()) == reference[2 + accepted]
+    model, tokenizer = load_model(name)
+    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.").input_ids])
+    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): flat()})
+    reference, _ = generate(model, ids, mode="ar", max_new_tokens=48)
+    flat_head = weak_head(model, "cp", horizon=4)
+    tokens, stats = generate(model, ids, mode="verify", head=flat_head, max_new_tokens=48, drafter="head")
+    assert tokens == reference and stats.tree_steps == 0
+    confident = weak_head(model, "cp", horizon=4)
+    with torch.no_grad():
+        confident.decoder.weight.mul_(30)  # sharper conditionals: its next-best tokens carry real probability
+    tokens, stats = generate(model, ids, mode="verify", head=confident, max_new_tokens=48, drafter="head")
+    assert tokens == reference and stats.tree_steps > 0 and stats.lookup_steps == 0
+    assert stats.new_tokens == 48 == 1 + sum(a + 1 for a in stats.accepted)
+
+
+def test_plan_adds_alternatives_only_where_the_costs_pay_for_them():
+    from tjdkit.decoding.verify import _plan
+
+    reach = [1.0, 0.3, 0.2, 0.1]
+    alternatives = [0.15, 0.1, 0.05, 0.02]
+    assert _plan(flat(), [], 3, reach, reach, alternatives, True) == ("head", 4)  # width is free: all of them
+    assert _plan(steep(), [], 3, reach, reach, alternatives, True)[1] == 0  # each node costs: none
+    assert _plan(flat(), [], 3, reach, reach, alternatives, False) == ("head", 0)  # no tree (sampling)
+    assert _plan(None, [], 3, reach, reach, alternatives, False) == ("head", 0)
+    assert _plan(flat(), [], 0, reach, reach, alternatives, True) == ("none", 0)

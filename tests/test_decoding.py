@@ -289,7 +289,10 @@ class OracleHead:
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("head_name", ["cp", "multihead", "mps"])
-def test_verify_greedy_is_ar_greedy(models, name, head_name):
+def test_verify_greedy_is_ar_greedy(models, name, head_name, monkeypatch):
+    from tjdkit.decoding import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "MAX_ALTERNATIVES", 0)  # single-path drafts: the steps acceptance() counts
     model, tokenizer = models[name]
     head = weak_head(model, head_name, horizon=4)
     ids = prompt(tokenizer)
@@ -567,8 +570,11 @@ def repeating_prompt(model, tokenizer, text="The quick brown fox jumps over the 
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("drafter", ["lookup", "hybrid"])
-def test_verify_with_lookup_drafts_is_ar_greedy(models, name, drafter):
+def test_verify_with_lookup_drafts_is_ar_greedy(models, name, drafter, monkeypatch):
     """Across Gemma 3's sliding window and with rollbacks of up to 10 drafts: the model's own greedy output."""
+    from tjdkit.decoding import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "MAX_ALTERNATIVES", 0)  # the copy against the head's one path (trees: test_tree)
     model, tokenizer = models[name]
     ids = repeating_prompt(model, tokenizer)
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=N)

@@ -174,6 +174,17 @@ def test_draft_with_a_given_first_token_conditions_on_it(name, draft_vocab):
     with pytest.raises(TjdkitError, match="first must be"):
         head.draft(hidden, first=torch.tensor([1]))
 
+    # first=[y1, y2] (a token tree's branch from the head's next-best y2): position 3 given both
+    prefix = torch.stack([first, first.flip(0)], dim=1)  # [3, 2]
+    tokens, q = head.draft(hidden, greedy=True, first=prefix)
+    assert torch.equal(tokens[:, :2], prefix)
+    for b in range(3):
+        cond = brute_conditional(joint[b], prefix[b].tolist())
+        torch.testing.assert_close(q[b, 2], cond, atol=1e-9, rtol=1e-7)
+        assert int(tokens[b, 2]) == int(cond.argmax())
+    with pytest.raises(TjdkitError, match="first must be"):
+        head.draft(hidden, first=torch.zeros(3, 4, dtype=torch.long))  # longer than the horizon
+
 
 @pytest.mark.parametrize("name", ["multihead", "cp", "mps"])
 def test_sampled_draft_is_reproducible_and_follows_the_joint(name):

@@ -137,3 +137,40 @@ def test_readme_main_job_bench_reports_parity(gemma_dir, tmp_path):
     assert list(report["by_dtype"]) == ["float32", "fp16-weights"]  # parity above covers both formats
     assert report["modes"]["verify"]["tau"] > 1.5  # chat; a floor against a broken head or decoder
     assert "verify" in result.stdout and "identical" in result.stdout
+
+
+def test_token_trees_on_gemma_cross_its_sliding_window_greedily(gemma_dir, monkeypatch):
+    """Every head step a token tree with all the head's next-best drafts as branches (forced: the planner
+    would not pay for an untrained head's); past Gemma 3's 512-token sliding window, in float32 and
+    fp16-weights, verify still equals each format's greedy output."""
+    from tests.test_costs import flat
+    from tjdkit.decoding import costs, generate
+    from tjdkit.decoding import verify as verify_module
+
+    plan = verify_module._plan
+
+    def widest(costs_, copy, head_drafts, lookup_reach, head_reach, chances, *rest):
+        kind, width = plan(costs_, copy, head_drafts, lookup_reach, head_reach, chances, *rest)
+        return (kind, len(chances)) if chances and kind != "lookup" else (kind, width)
+
+    monkeypatch.setattr(verify_module, "_plan", widest)
+    from tjdkit.heads import build_head
+    from tjdkit.models import load_model
+    from tjdkit.models.quantize import weights_copy
+
+    model, tokenizer = load_model("gemma3")
+    weight = model.get_output_embeddings().weight.detach()
+    text = " ".join(f"Item {k}: a line of a long inventory, number {k * 7 % 13}." for k in range(40))
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :560]  # past the 512-token window
+    greedy, _ = generate(model, ids, mode="ar", max_new_tokens=48)
+    vocab = sorted(set(range(4096)) | set(ids[0].tolist()) | set(greedy))  # so the head can draft after any token
+    torch.manual_seed(0)
+    head = build_head("cp", hidden_size=640, vocab_size=weight.shape[0], rank=2, horizon=4, draft_vocab=vocab,
+                      lm_head_weight=weight).eval()
+    for weights in (model, weights_copy(model, "fp16-weights")):
+        monkeypatch.setattr(costs, "_costs", {costs.cost_key(weights): flat()})
+        reference, _ = generate(weights, ids, mode="ar", max_new_tokens=48)
+        for drafter in ("head", "hybrid"):
+            tokens, stats = generate(weights, ids, mode="verify", head=head, max_new_tokens=48, drafter=drafter)
+            assert tokens == reference, drafter
+            assert stats.tree_steps > 0 and stats.forwards == 1 + len(stats.accepted)

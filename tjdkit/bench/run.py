@@ -176,7 +176,7 @@ def _summary(mode: str, runs: list[Run], horizon: int) -> dict:
         row["drafts_per_step"] = horizon - 1  # the head's; a lookup step offers up to LOOKUP_TOKENS
     if mode == "verify":
         row["lookup_share"] = totals.lookup_steps / totals.steps if totals.steps else 0.0  # steps drafted by lookup
-        row["tree_share"] = totals.tree_steps / totals.steps if totals.steps else 0.0  # of which the copy and the head as two branches
+        row["tree_share"] = totals.tree_steps / totals.steps if totals.steps else 0.0  # steps that verified a token tree
         row["output_rows_per_step"] = totals.output_rows / totals.steps if totals.steps else 0.0  # logits rows computed
     return row
 

@@ -29,7 +29,7 @@ from tjdkit.kernels.store import machine_key, read_store, write_store
 STORE = "forward_costs.json"
 SIZES = (1, 2, 4, 8, 12, 16, 24, 32)  # tokens (or output rows) measured; others are interpolated
 CONTEXT = 64  # tokens already in the cache when a cost is measured
-LARGEST = 2 * 32  # the most tokens a step feeds: two tree rows of 1 + 31
+LARGEST = 64  # tokens a step feeds at most: a tree of the root, a copy of 31 and the head's branches
 CHUNK_WIDTHS = (1, 2, 4, 8, 16, 32)  # first output chunks tried; later chunks double
 
 _costs: dict[str, "ForwardCosts"] = {}  # this process's curves, by cost_key

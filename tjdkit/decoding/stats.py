@@ -19,7 +19,7 @@ class DecodeStats:
     # verify / acceptance: drafts offered per verify forward (H-1, fewer near max_new_tokens).
     offered: list[int] = field(default_factory=list)
     lookup_steps: int = 0  # verify: steps whose drafts came from prompt lookup, not the head (tree steps included)
-    tree_steps: int = 0  # verify: steps that verified the copy and the head's drafts as two branches
+    tree_steps: int = 0  # verify: steps that verified several branches as one token tree
     output_rows: int = 0  # verify: output-layer rows computed (rows past the first rejected draft are skipped)
 
     def add(self, new_tokens: int, forwards: int, seconds: float, accepted: Iterable[int] = (),

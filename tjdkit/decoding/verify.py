@@ -11,12 +11,13 @@ at each draft position, kept apart for 1- and 2-token matches (tjdkit.decoding.c
 the rows acceptance reaches: on a large vocabulary it costs more than the layers, and the rows
 after the first rejected draft are never read.
 
-The hybrid drafter chooses each step, by the same measure (each drafter's acceptance in this
-generation so far, the measured forward costs), between the copy, the head's drafts, and,
-in greedy decoding, both at once: a two-branch token tree (x then the copy; x then the head's
-drafts) verified in one forward as a batch of two rows over the shared KV cache
-(transformers' `batch_repeat_interleave`); the branch with more accepted drafts is kept
-(`batch_select_indices`). Greedy: the drafts are accepted while they equal the model's argmax,
+Each step chooses, by the same measure (each drafter's acceptance in this generation so far,
+the measured forward costs), between the copy, the head's drafts, and, in greedy decoding, a
+token tree verified in one forward (tjdkit.decoding.tree): the copy and the head's drafts as
+branches, plus the head's next-best first drafts, each continued by the head, as many as the
+cost of a wider forward on this machine pays for (a CPU's forward of 8 tokens can cost little
+more than one of 4; on another format or machine it does not). The cache keeps the accepted
+path. Greedy: the drafts are accepted while they equal the model's argmax,
 then the model's own token follows (output identical to `ar`). Sampling: the
 speculative-sampling rule (accept with min(1, p/q), else resample from max(0, p - q)
 normalised; all accepted: a bonus token from p), with q the head's conditionals or, for a
@@ -26,6 +27,7 @@ drafts are cropped off the KV cache (sliding-window layers record their past for
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
@@ -43,6 +45,11 @@ from tjdkit.decoding.costs import (
 from tjdkit.decoding.drafters import LOOKUP_NGRAM, MAX_LOOKUP_TOKENS, lookup_match
 from tjdkit.decoding.forward import LazyLogits, hidden_and_logits, hidden_states, new_cache
 from tjdkit.decoding.sampling import Sampling, penalty_context
+from tjdkit.decoding.tree import TokenTree, branch_match, tree_supported, verify_tree
+
+
+MAX_ALTERNATIVES = 4  # the head's next-best first drafts a token tree may add, each continued by the head
+ALTERNATIVE_WEIGHT = 4.0  # the head's own probability for an alternative counts as this many measured tries
 
 
 def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, emit, drafter="head") -> list[int]:
@@ -50,14 +57,16 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     drafter: "head", "lookup", or "hybrid" (per step: the copy, the head's drafts, or both as a tree)."""
     device = ids.device
     context = ids[0].tolist()  # the prompt, then every chosen token: what lookup searches
-    costs = forward_costs(model) if drafter != "head" else None  # ms of the layers and the output layer, measured once
+    cache = new_cache(model)
+    head_usable = drafter != "lookup" and head is not None and head.horizon > 1
+    tree_ok = sampling.greedy and tree_supported(model, cache)  # several branches in one forward (greedy)
+    costs = forward_costs(model) if drafter != "head" or tree_ok else None  # ms of the layers and the output layer
     # how far lookup's copies hold up in this generation, by draft position, apart for 1- and 2-token matches
     lookup_rates = {n: AcceptanceProfile() for n in range(1, LOOKUP_NGRAM + 1)}
     lookup_rate = lookup_rates[LOOKUP_NGRAM]
-    head_rate = AcceptanceProfile()  # and the head's drafts
-    head_usable = drafter != "lookup" and head is not None and head.horizon > 1
-    cache = new_cache(model)
-    tree_ok = sampling.greedy and hasattr(cache, "batch_repeat_interleave")  # two branches as two batch rows
+    head_rate = AcceptanceProfile()  # the head's greedy drafts
+    alternative_tries = [[0, 0] for _ in range(MAX_ALTERNATIVES)]  # the head's k-th next-best: [held, tried]
+    draft_ms = 0.0  # the head's drafting time for one row, as timed in this generation: each alternative adds one
     hidden, logits = hidden_and_logits(model, ids, cache, last_only=True)  # prefill: [T, D], [1, V]
     stats.forwards += 1
     cache.activate_past_recording()  # after the prefill: sliding-window layers keep what a rollback needs
@@ -78,41 +87,69 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
             copy = seen[match[1] : match[1] + limit]
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
         head_drafts = min(head.horizon - 1, room - 1) if can_draft else 0
-        plan = _plan(costs, copy, can_draft, head_drafts, lookup_rate.reach, head_rate.reach, tree_ok)
-        branches: list[list[int]] = []  # each: the drafts after `token`; [0] the copy when there is one
+        plan, _ = _plan(costs, copy, head_drafts, lookup_rate.reach, head_rate.reach, [], tree_ok, draft_ms)
+        widen = tree_ok and MAX_ALTERNATIVES > 0 and plan in ("head", "tree")  # may the head's next-best join?
+        branches: list[list[int]] = []  # the drafts after `token`: the copy first when there is one
+        alternatives: list[list[int]] = []  # the head's branches from its next-best first drafts
+        greedy_branch: list[int] = []
         q = None  # [n, V]: the head's conditionals its drafts were drawn from (sampling); a copy is a point mass
         if plan in ("lookup", "tree"):
             branches.append(copy)
         if plan in ("head", "tree"):
+            started = time.perf_counter()
             drafted, q_all = head.draft(
                 state,
                 greedy=sampling.greedy,
                 temperature=sampling.temperature or 1.0,
                 generator=generator,
                 first=first,
-                conditionals=not sampling.greedy,  # greedy acceptance compares tokens only
+                conditionals=not sampling.greedy or widen,  # greedy acceptance compares tokens only
             )
-            branches.append(drafted[0, 1 : 1 + head_drafts].tolist())
-            q = q_all[0, 1 : 1 + head_drafts].to(device) if q_all is not None else None
-        if plan == "tree" and branches[0][: len(branches[1])] == branches[1]:
-            plan, branches = "lookup", branches[:1]  # the head agrees with the copy: one branch holds both
+            greedy_branch = drafted[0, 1 : 1 + head_drafts].tolist()
+            elapsed = 1000 * (time.perf_counter() - started)
+            draft_ms = elapsed if not draft_ms else 0.8 * draft_ms + 0.2 * elapsed  # a running mean
+            branches.append(greedy_branch)
+            width = 0
+            if widen:
+                # each next-best first draft's chance: the head's own probability for it, corrected by how
+                # often the k-th next-best has held in this generation
+                q_second = q_all[0, 1]  # [V]: the head's y_2 given the verified token
+                best = q_second.topk(min(MAX_ALTERNATIVES + 1, q_second.numel()))
+                starts = [(int(t), float(p)) for t, p in zip(best.indices, best.values) if int(t) != greedy_branch[0] and p > 0]
+                chances = [(held + ALTERNATIVE_WEIGHT * p) / (tried + ALTERNATIVE_WEIGHT)
+                           for (held, tried), (_, p) in zip(alternative_tries, starts)]
+                kind, width = _plan(costs, copy if plan == "tree" else [], head_drafts, lookup_rate.reach, head_rate.reach,
+                                    chances, tree_ok, draft_ms)
+                width = width if kind == plan else 0
+                alternatives = _alternatives(head, state, token, [t for t, _ in starts[:width]], head_drafts)
+                branches += alternatives
+            elif q_all is not None:
+                q = q_all[0, 1 : 1 + head_drafts].to(device)
         if not branches:
             branches = [[]]
-        stats.lookup_steps += plan in ("lookup", "tree")
-        stats.tree_steps += plan == "tree"
+        looked_up = plan in ("lookup", "tree")
+        stats.lookup_steps += looked_up
+        tree = TokenTree(token, branches) if len(branches) > 1 else None
+        if tree is not None and len(tree) == 1 + len(branches[0]):  # every branch lies along the first
+            tree, branches = None, branches[:1]
+        stats.tree_steps += tree is not None
 
-        if plan == "tree":
-            firsts = [best_first_chunk(costs, rate.reach, 1 + len(branch))
-                      for rate, branch in zip((lookup_rate, head_rate), branches)]
-            kept, new, accepted, hidden, both, rows = _verify_tree(model, cache, token, branches, firsts, ids, out, eos,
-                                                                   sampling)
-            drafts = branches[kept]
-            looked_up = kept == 0
-            if both[1 - kept] is not None:  # the other branch, when it was read
-                (head_rate if looked_up else lookup_rate).update(both[1 - kept], len(branches[1 - kept]))
+        if tree is not None:
+            reach = lookup_rate.reach if looked_up else head_rate.reach
+            first_chunk = best_first_chunk(costs, reach, 1 + max(len(branch) for branch in branches))
+            new, path, kept_hidden, rows = verify_tree(model, cache, tree, first_chunk, ids, out, eos, sampling)
+            accepted = len(path) - 1
+            if looked_up:
+                lookup_rate.update(branch_match(copy, new), len(copy))
+            if greedy_branch:
+                head_rate.update(branch_match(greedy_branch, new), len(greedy_branch))
+            for tries, branch in zip(alternative_tries, alternatives):
+                tries[0] += branch_match(branch, new) > 0
+                tries[1] += 1
+            state = kept_hidden[-1:]  # [1, D]: predicted new[-1]
+            stats.offered.append(max(len(branch) for branch in branches))
         else:
             drafts = branches[0]
-            looked_up = plan == "lookup"
             feed = torch.tensor([[token] + drafts], dtype=ids.dtype, device=device)  # [1, 1 + n]
             hidden = hidden_states(model, feed, cache)  # row j predicts the token after feed[j]
             rate = lookup_rate if looked_up else head_rate
@@ -121,41 +158,56 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
             new, accepted = _accept(logits, drafts, None if looked_up else q, ids, out, eos, sampling, generator)
             rows = logits.computed
             cache.crop(-(len(drafts) - accepted))  # drop rejected drafts; crop(0) trims sliding windows
+            rate.update(accepted, len(drafts))
+            state = hidden[accepted : accepted + 1]  # [1, D]: predicted new[-1]
+            stats.offered.append(len(drafts))
         stats.output_rows += rows
         stats.forwards += 1
-        (lookup_rate if looked_up else head_rate).update(accepted, len(drafts))
         stats.accepted.append(accepted)
-        stats.offered.append(len(drafts))
-        state = hidden[accepted : accepted + 1]  # [1, D]: predicted new[-1]
         out += new
         emit(new)
         token = new[-1]
     return out
 
 
-def _plan(costs, copy: list[int], can_draft: bool, head_drafts: int, lookup_reach: list[float],
-          head_reach: list[float], tree_ok: bool) -> str:
-    """This step's drafts: "lookup", "head", "tree" (both, two batch rows) or "none", whichever
-    promises the most tokens per millisecond (tjdkit.decoding.costs); the copy when there are no costs."""
-    if not copy:
-        return "head" if can_draft else "none"
-    if not can_draft:
-        return "lookup"
-    rates = {
-        "lookup": expected_rate(costs, lookup_reach, len(copy)),
-        "head": expected_rate(costs, head_reach, head_drafts),
-    }
-    if tree_ok:
-        # the copy's tokens, plus the head's where the copy fails at its first draft; a batch of two rows
-        # of 1 + m tokens costs about the layers on 2 (1 + m) tokens, and each row's output chunks
-        width = 1 + max(len(copy), head_drafts)
-        tokens = expected_tokens(lookup_reach, len(copy)) + (1 - lookup_reach[1]) * (expected_tokens(head_reach, head_drafts) - 1)
-        ms = costs.layers_ms(2 * width) + sum(
-            expected_output_ms(costs, reach, 1 + drafts, best_first_chunk(costs, reach, 1 + drafts))
-            for reach, drafts in ((lookup_reach, len(copy)), (head_reach, head_drafts))
-        )
-        rates["tree"] = tokens / ms
-    return max(rates, key=rates.get)  # a tie keeps the copy
+def _alternatives(head, state, token: int, starts: list[int], drafts: int) -> list[list[int]]:
+    """Branches that start with the head's next-best first drafts `starts`, each continued greedily by
+    the head conditioned on it: the extra branches of a token tree."""
+    if not starts or drafts < 2:
+        return [[start] for start in starts]
+    prefix = torch.tensor([[token, start] for start in starts], device=state.device)  # [k, 2]
+    continued, _ = head.draft(state.expand(len(starts), -1), first=prefix, conditionals=False)
+    return [continued[row, 1 : 1 + drafts].tolist() for row in range(len(starts))]
+
+
+def _plan(costs, copy: list[int], head_drafts: int, lookup_reach: list[float], head_reach: list[float],
+          alternative_rate: list[float], tree_ok: bool, draft_ms: float = 0.0) -> tuple[str, int]:
+    """This step's drafts: ("lookup" | "head" | "tree" (both) | "none", how many of the head's next-best
+    first drafts to add as branches), whichever promises the most tokens per millisecond under the
+    measured costs (tjdkit.decoding.costs), each alternative also costing one more row of head drafting
+    (`draft_ms`): the copy when there are no costs."""
+    if not copy and not head_drafts:
+        return "none", 0
+    if costs is None:
+        return ("lookup" if copy else "head"), 0
+    options: dict[tuple[str, int], float] = {}
+    if copy:
+        options[("lookup", 0)] = expected_rate(costs, lookup_reach, len(copy))
+    widths = range(0, min(MAX_ALTERNATIVES, len(alternative_rate)) + 1 if tree_ok else 1)
+    for width in widths if head_drafts else ():
+        # the alternatives' first drafts are other tokens than the greedy one: their chances add up
+        first = min(head_reach[1] + sum(alternative_rate[:width]), 1.0)
+        reach = [1.0] + [first * r / max(head_reach[1], 1e-9) for r in head_reach[1 : head_drafts + 1]]
+        nodes = 1 + head_drafts * (1 + width)
+        rows = 1 + head_drafts
+        head_ms = expected_output_ms(costs, reach, rows, best_first_chunk(costs, reach, rows)) + width * draft_ms
+        if width == 0 or tree_ok:
+            options[("head", width)] = expected_tokens(reach, head_drafts) / (costs.layers_ms(nodes) + head_ms)
+        if copy and tree_ok:  # the copy's tokens, plus the head's where the copy fails at its first draft
+            tokens = expected_tokens(lookup_reach, len(copy)) + (1 - lookup_reach[1]) * (expected_tokens(reach, head_drafts) - 1)
+            copy_ms = expected_output_ms(costs, lookup_reach, 1 + len(copy), best_first_chunk(costs, lookup_reach, 1 + len(copy)))
+            options[("tree", width)] = tokens / (costs.layers_ms(nodes + len(copy)) + copy_ms + head_ms)
+    return max(options, key=options.get)  # a tie keeps the first: the copy, then fewer branches
 
 
 def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: list[int], eos, sampling: Sampling,
@@ -185,34 +237,6 @@ def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: li
             rejected_q = q[accepted] if q is not None else _point_mass(drafts[accepted], row)
         new.append(_model_token(row, rejected_q, sampling, generator))
     return new, accepted
-
-
-def _verify_tree(model, cache, token: int, branches: list[list[int]], firsts: list[int], ids, out: list[int], eos,
-                 sampling: Sampling):
-    """Greedy verification of two branches after `token` in one forward: the cache is repeated to two
-    batch rows, each row feeds [token, its drafts] (the shorter padded at its end, where nothing
-    attends to the padding), and the row with more accepted drafts is kept, its rejected drafts and
-    padding cropped. The copy's row is read first; the head's only if it could accept more.
-    firsts: each row's first output chunk. -> (kept branch, new tokens, accepted drafts, that
-    row's hidden states [1 + m, D], the drafts each branch accepted (None: not read), output rows computed)."""
-    width = 1 + max(len(branch) for branch in branches)
-    rows = [[token] + branch + [token] * (width - 1 - len(branch)) for branch in branches]
-    cache.batch_repeat_interleave(len(rows))
-    feed = torch.tensor(rows, dtype=ids.dtype, device=ids.device)  # [2, 1 + m]
-    hidden = model.base_model(input_ids=feed, cache=cache, use_cache=True).last_hidden_state  # [2, 1 + m, D]
-    results, computed = [], 0
-    for index, branch in enumerate(branches):
-        if index and results[0][1] >= len(branch):  # this branch cannot beat the one read (a tie keeps the copy)
-            results.append(None)
-            continue
-        logits = LazyLogits(model, hidden[index, : 1 + len(branch)], firsts[index])
-        results.append(_accept(logits, branch, None, ids, out, eos, sampling, None))
-        computed += logits.computed
-    kept = max((index for index, result in enumerate(results) if result is not None), key=lambda index: results[index][1])
-    cache.batch_select_indices(torch.tensor([kept], device=ids.device))
-    new, accepted = results[kept]
-    cache.crop(-(width - 1 - accepted))  # the kept row's rejected drafts and padding
-    return kept, new, accepted, hidden[kept], [None if result is None else result[1] for result in results], computed
 
 
 def _point_mass(token: int, like: Tensor) -> Tensor:

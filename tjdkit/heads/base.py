@@ -326,6 +326,8 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
         `first` [B] (token ids) fixes y_1 instead of drafting it: positions 2..H are then
         drafted from p(y_2..y_H | y_1 = first, hidden). Verified decoding uses this: the
         verifier already knows the next token, and the joint head conditions on it.
+        `first` [B, m] fixes y_1..y_m (a token tree's branch that starts with the head's
+        next-best y_2 is continued this way).
         `conditionals=False` returns q = None (greedy verification does not need it).
         """
         self._check_hidden(hidden)
@@ -335,10 +337,12 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
             raise TjdkitError(f"{self.name} head: sampling needs temperature > 0, got {temperature!r}")
         forced = None
         if first is not None:
-            first = torch.as_tensor(first, device=hidden.device).long().reshape(-1)
-            if first.shape != hidden.shape[:1]:
-                raise TjdkitError(f"{self.name} head: first must be [B] = [{hidden.shape[0]}], got {list(first.shape)}")
-            forced = self._local_index(first)  # [B]
+            first = torch.as_tensor(first, device=hidden.device).long()
+            first = first.reshape(-1, 1) if first.dim() < 2 else first
+            if first.dim() != 2 or first.shape[0] != hidden.shape[0] or not 1 <= first.shape[1] <= self.horizon:
+                raise TjdkitError(f"{self.name} head: first must be [B] or [B, m] with B = {hidden.shape[0]} and "
+                                  f"m <= horizon = {self.horizon}, got {list(first.shape)}")
+            forced = self._local_index(first)  # [B, m]
             if bool((forced < 0).any()):
                 raise TjdkitError(f"{self.name} head: first token outside the head's vocabulary (check in_vocab)")
         position = 0
@@ -347,8 +351,8 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
             # log_u [B, K]: unnormalised log conditional -> (token [B], q [B, K])
             nonlocal position
             position += 1
-            if forced is not None and position == 1:
-                return forced, torch.softmax(log_u, dim=-1)
+            if forced is not None and position <= forced.shape[1]:
+                return forced[:, position - 1], torch.softmax(log_u, dim=-1)
             if greedy:
                 q = torch.softmax(log_u, dim=-1)
                 return q.argmax(dim=-1), q
