@@ -1,6 +1,7 @@
 """`tjdkit bench` as a user runs it: a head trained once and cached, every mode timed, parity checked."""
 
 import json
+import re
 
 import pytest
 
@@ -135,7 +136,23 @@ def test_head_cache_names_are_one_safe_directory(tmp_path, monkeypatch):
     from tjdkit.bench import head_cache_dir
 
     monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
-    assert head_cache_dir("gemma3", "cp", 4, 4, "stemp") == tmp_path / "heads" / "gemma3-cp-r4-h4-stemp"
+    path = head_cache_dir("gemma3", "cp", 4, 4, "stemp")
+    assert path.parent == tmp_path / "heads" and re.fullmatch(r"gemma3-cp-r4-h4-stemp-[0-9a-f]{8}", path.name)
+    assert head_cache_dir("gemma3", "cp", 4, 4, "stemp") == path  # the same recipe, the same head
+
+    from tjdkit.bench import heads as bench_heads
+
+    original = bench_heads.bench_recipe
+
+    def more_steps(*args):
+        recipe = original(*args)
+        recipe.train.epochs += 1
+        return recipe
+
+    monkeypatch.setattr(bench_heads, "bench_recipe", more_steps)  # a release that trains longer: a new head
+    assert head_cache_dir("gemma3", "cp", 4, 4, "stemp") != path
+    monkeypatch.undo()
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
     for model in ("google/gemma-3-1b-it", "/models/x.gguf", "../up"):
         path = head_cache_dir(model, "cp", 4, 4, "stemp")
         assert path.parent == tmp_path / "heads" and "/" not in path.name and not path.name.startswith(".")

@@ -1,5 +1,7 @@
-"""The head bench measures: trained once per (model, head, rank, horizon, dataset) with the
-`bench-<dataset>` recipe, then cached, so a second `tjdkit bench` starts at once."""
+"""The head bench measures: trained once per (model, head, rank, horizon, dataset, recipe) with
+the `bench-<dataset>` recipe, then cached, so a second `tjdkit bench` starts at once. The
+recipe's digest is part of the key: when a tjdkit release changes the recipe (more data, more
+steps), bench trains the new head instead of measuring the old one."""
 
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ from tjdkit.errors import TjdkitError
 
 def head_cache_dir(model: str, head: str, rank: int, horizon: int, dataset: str) -> Path:
     """One directory per key; model paths and hub ids (slashes) become one safe name."""
+    import hashlib
     import re
 
     from tjdkit.models.cache import cache_root
+    from tjdkit.recipes import dump_recipe
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model"
-    return cache_root() / "heads" / f"{safe}-{head}-r{rank}-h{horizon}-{dataset}"
+    digest = hashlib.sha256(dump_recipe(bench_recipe(dataset, model, head, rank, horizon)).encode()).hexdigest()[:8]
+    return cache_root() / "heads" / f"{safe}-{head}-r{rank}-h{horizon}-{dataset}-{digest}"
 
 
 def bench_recipe(dataset: str, model: str, head: str, rank: int, horizon: int):
