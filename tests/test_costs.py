@@ -127,10 +127,12 @@ def test_lazy_logits_compute_only_the_rows_read_and_equal_the_output_layer():
     hidden = torch.randn(11, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     full = output_logits(model, hidden)
     lazy = LazyLogits(model, hidden, first=2)
-    assert torch.allclose(lazy[1], full[1], atol=1e-5) and lazy.computed == 2
+    assert torch.allclose(lazy[0], full[0], atol=1e-5) and lazy.computed == 2
+    assert torch.allclose(lazy[1], full[1], atol=1e-5) and lazy.computed == 2  # computed with row 0
     assert torch.allclose(lazy[2], full[2], atol=1e-5) and lazy.computed == 6  # then 4 more
-    assert torch.allclose(lazy[-1], full[-1], atol=1e-5) and lazy.computed == 11  # the rest, cut at the end
+    assert torch.allclose(lazy[-1], full[-1], atol=1e-5) and lazy.computed == 7  # a jump (a tree's other branch)
     assert all(torch.allclose(lazy[j], full[j], atol=1e-5) for j in range(11)) and len(lazy) == 11
+    assert lazy.computed == 11  # rows 6..9 in one chunk that stops before row 10: no row twice
     with pytest.raises(IndexError):
         lazy[11]
 
@@ -215,3 +217,7 @@ def test_plan_adds_alternatives_only_where_the_costs_pay_for_them():
     assert _plan(flat(), [], 3, reach, reach, alternatives, False) == ("head", 0)  # no tree (sampling)
     assert _plan(None, [], 3, reach, reach, alternatives, False) == ("head", 0)
     assert _plan(flat(), [], 0, reach, reach, alternatives, True) == ("none", 0)
+    copy, sure = [5, 6, 7], [1.0, 0.99, 0.99, 0.99]  # a copy that always holds beats the head...
+    assert _plan(flat(), copy, 3, sure, reach, alternatives, True)[0] == "lookup"
+    for kind in ("head", "tree"):  # ...but a kind already chosen is widened within that kind
+        assert _plan(flat(), copy, 3, sure, reach, alternatives, True, kind=kind) == (kind, 4)

@@ -286,6 +286,11 @@ class OracleHead:
         tokens = torch.tensor([[int(first)] + drafts[: self.horizon - 1]])
         return tokens, torch.nn.functional.one_hot(tokens, self.vocab_size).float()
 
+    def draft_next_best(self, hidden, first, k):
+        tokens, q = self.draft(hidden, first=first)
+        best = q.topk(k, dim=-1)  # the drafts, then tokens of probability 0 (no other branch)
+        return tokens, best.indices, best.values
+
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("head_name", ["cp", "multihead", "mps"])

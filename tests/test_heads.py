@@ -186,6 +186,42 @@ def test_draft_with_a_given_first_token_conditions_on_it(name, draft_vocab):
         head.draft(hidden, first=torch.zeros(3, 4, dtype=torch.long))  # longer than the horizon
 
 
+@pytest.mark.parametrize("draft_vocab", [None, DRAFT_IDS], ids=["full", "subset"])
+@pytest.mark.parametrize("name", ["multihead", "cp", "mps"])
+def test_next_best_tokens_are_the_top_of_the_brute_force_conditionals(name, draft_vocab):
+    """draft_next_best: the greedy draft, and per position the k most likely tokens of its conditional (global
+    ids, found over the draft vocabulary): the candidates a token tree branches on."""
+    head = make(name, V=6, H=3, draft_vocab=draft_vocab and torch.tensor(draft_vocab))
+    hidden = torch.randn(3, 4, dtype=torch.float64)
+    joint = brute_joint(head, hidden)
+    first = torch.tensor((draft_vocab or list(range(6)))[:3])
+    tokens, ids, probs = head.draft_next_best(hidden, first, k=3)
+    assert torch.equal(tokens, head.draft(hidden, greedy=True, first=first, conditionals=False)[0])
+    assert ids.shape == probs.shape == (3, 3, 3)
+    for b in range(3):
+        for h in range(1, 3):
+            cond = brute_conditional(joint[b], tokens[b, :h].tolist())
+            top = cond.topk(3)
+            torch.testing.assert_close(probs[b, h], top.values, atol=1e-9, rtol=1e-7)
+            assert torch.equal(cond[ids[b, h]], top.values) and int(ids[b, h, 0]) == int(tokens[b, h])
+    assert head.draft_next_best(hidden, first, k=99)[1].shape[-1] == len(draft_vocab or range(6))
+
+
+@pytest.mark.parametrize("name", ["multihead", "cp", "mps"])
+def test_one_state_under_several_prefixes_runs_the_decoder_once(name, monkeypatch):
+    """A token tree drafts several branches from one hidden state (hidden.expand): what depends on the state
+    alone is computed for one row, and the drafts equal those from separate copies of the state."""
+    head = make(name, V=6, H=3)
+    state = torch.randn(1, 4, dtype=torch.float64)
+    prefixes = torch.tensor([[1, 2], [1, 4], [3, 0]])
+    separate, _ = head.draft(state.repeat(3, 1), first=prefixes, conditionals=False)
+    rows = []
+    decoder = head._factors
+    monkeypatch.setattr(head, "_factors", lambda hidden: rows.append(hidden.shape[0]) or decoder(hidden))
+    shared, _ = head.draft(state.expand(3, -1), first=prefixes, conditionals=False)
+    assert torch.equal(shared, separate) and rows[-1] == 1
+
+
 @pytest.mark.parametrize("name", ["multihead", "cp", "mps"])
 def test_sampled_draft_is_reproducible_and_follows_the_joint(name):
     head = make(name, H=2, R=3, dtype=torch.float32, positivity="exp")

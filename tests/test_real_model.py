@@ -149,8 +149,8 @@ def test_token_trees_on_gemma_cross_its_sliding_window_greedily(gemma_dir, monke
 
     plan = verify_module._plan
 
-    def widest(costs_, copy, head_drafts, lookup_reach, head_reach, chances, *rest):
-        kind, width = plan(costs_, copy, head_drafts, lookup_reach, head_reach, chances, *rest)
+    def widest(costs_, copy, head_drafts, lookup_reach, head_reach, chances, *rest, **options):
+        kind, width = plan(costs_, copy, head_drafts, lookup_reach, head_reach, chances, *rest, **options)
         return (kind, len(chances)) if chances and kind != "lookup" else (kind, width)
 
     monkeypatch.setattr(verify_module, "_plan", widest)

@@ -83,14 +83,16 @@ def hidden_and_logits(model, ids: Tensor, cache, last_only: bool = False) -> tup
 
 
 class LazyLogits:
-    """The logits of hidden [n, D], computed in chunks as rows are read: `first` rows, then twice
-    as many each time. Verification reads rows only until the first rejected draft, and on a large
-    vocabulary the output layer costs more than the layers (tjdkit.decoding.costs), so rows
-    nobody reads are never computed. Each row is the one `output_logits` gives for it."""
+    """The logits of hidden [n, D], computed in chunks as rows are read: a read of a row not yet
+    computed computes it and the rows after it, `first` rows, then twice as many each time.
+    Verification reads rows only until the first rejected draft, and on a large vocabulary the
+    output layer costs more than the layers (tjdkit.decoding.costs), so rows nobody reads are never
+    computed. A token tree's accepted path may jump to another branch; the chunk then starts there
+    (depth-first order keeps each branch contiguous). Each row is the one `output_logits` gives for it."""
 
     def __init__(self, model, hidden: Tensor, first: int = 1):
         self.model, self.hidden = model, hidden
-        self.chunks: list[Tensor] = []  # computed rows, in order
+        self.rows: dict[int, Tensor] = {}  # row -> logits [V]
         self.computed = 0  # rows computed so far
         self.next_size = max(first, 1)
 
@@ -102,14 +104,11 @@ class LazyLogits:
         row = row + len(self) if row < 0 else row
         if not 0 <= row < len(self):
             raise IndexError(row)
-        while row >= self.computed:
-            size = min(self.next_size, len(self) - self.computed)
-            self.chunks.append(output_logits(self.model, self.hidden[self.computed : self.computed + size]))
-            self.computed += size
+        if row not in self.rows:
+            end = min(row + self.next_size, len(self))
+            end = min([end] + [done for done in self.rows if done > row])  # never a row twice
+            block = output_logits(self.model, self.hidden[row:end])  # [end - row, V]
+            self.rows.update(zip(range(row, end), block))
+            self.computed += end - row
             self.next_size *= 2
-        for chunk in self.chunks:
-            if row < chunk.shape[0]:
-                return chunk[row]
-            row -= chunk.shape[0]
-        raise AssertionError("unreachable: the row was computed above")
-
+        return self.rows[row]

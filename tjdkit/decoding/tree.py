@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding.forward import output_logits
+from tjdkit.decoding.forward import LazyLogits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
 MASKED_LAYERS = ("full_attention", "sliding_attention")  # layer types whose masks tjdkit can build
@@ -136,27 +136,6 @@ def compact_cache(cache, fed: int, keep: list[int]) -> None:
                 layer.values = layer.values[:, :, -layer.sliding_window + 1 :, :]
 
 
-class TreeLogits:
-    """The logits of tree nodes, computed lazily: the node asked for and the nodes after it (its
-    first-child chain, contiguous in depth-first order), `first` rows then twice as many each time."""
-
-    def __init__(self, model, hidden: Tensor, first: int = 1):
-        self.model, self.hidden = model, hidden
-        self.rows: dict[int, Tensor] = {}
-        self.computed = 0
-        self.next_size = max(first, 1)
-
-    def __getitem__(self, node: int) -> Tensor:
-        if node not in self.rows:
-            end = min(node + self.next_size, self.hidden.shape[0])
-            block = output_logits(self.model, self.hidden[node:end])
-            for offset in range(end - node):
-                self.rows.setdefault(node + offset, block[offset])
-            self.computed += end - node
-            self.next_size *= 2
-        return self.rows[node]
-
-
 def verify_tree(model, cache, tree: TokenTree, first_chunk: int, ids: Tensor, out: list[int], eos,
                 sampling: Sampling) -> tuple[list[int], list[int], Tensor, int]:
     """Greedy verification of `tree` (root: the last chosen token) in one forward.
@@ -167,7 +146,7 @@ def verify_tree(model, cache, tree: TokenTree, first_chunk: int, ids: Tensor, ou
     feed = torch.tensor([tree.tokens], dtype=ids.dtype, device=device)  # [1, n]
     hidden = model.base_model(input_ids=feed, attention_mask=masks, position_ids=positions, cache=cache,
                               use_cache=True).last_hidden_state[0]  # [n, D]
-    logits = TreeLogits(model, hidden, first_chunk)
+    logits = LazyLogits(model, hidden, first_chunk)
     path, new = [0], []
     while True:
         row = sampling.penalise(logits[path[-1]], penalty_context(ids, out + new))

@@ -97,34 +97,26 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
             branches.append(copy)
         if plan in ("head", "tree"):
             started = time.perf_counter()
-            drafted, q_all = head.draft(
-                state,
-                greedy=sampling.greedy,
-                temperature=sampling.temperature or 1.0,
-                generator=generator,
-                first=first,
-                conditionals=not sampling.greedy or widen,  # greedy acceptance compares tokens only
-            )
+            if widen:  # greedy: the drafts, and the head's next-best tokens at each position for other branches
+                drafted, next_ids, next_probs = head.draft_next_best(state, first, MAX_ALTERNATIVES + 1)
+            else:
+                drafted, q_all = head.draft(state, greedy=sampling.greedy, temperature=sampling.temperature or 1.0,
+                                            generator=generator, first=first,
+                                            conditionals=not sampling.greedy)  # greedy acceptance compares tokens only
+                if q_all is not None:
+                    q = q_all[0, 1 : 1 + head_drafts].to(device)
             greedy_branch = drafted[0, 1 : 1 + head_drafts].tolist()
             elapsed = 1000 * (time.perf_counter() - started)
             draft_ms = elapsed if not draft_ms else 0.8 * draft_ms + 0.2 * elapsed  # a running mean
             branches.append(greedy_branch)
-            width = 0
             if widen:
-                # each next-best first draft's chance: the head's own probability for it, corrected by how
-                # often the k-th next-best has held in this generation
-                q_second = q_all[0, 1]  # [V]: the head's y_2 given the verified token
-                best = q_second.topk(min(MAX_ALTERNATIVES + 1, q_second.numel()))
-                starts = [(int(t), float(p)) for t, p in zip(best.indices, best.values) if int(t) != greedy_branch[0] and p > 0]
-                chances = [(held + ALTERNATIVE_WEIGHT * p) / (tried + ALTERNATIVE_WEIGHT)
-                           for (held, tried), (_, p) in zip(alternative_tries, starts)]
-                kind, width = _plan(costs, copy if plan == "tree" else [], head_drafts, lookup_rate.reach, head_rate.reach,
-                                    chances, tree_ok, draft_ms)
-                width = width if kind == plan else 0
-                alternatives = _alternatives(head, state, token, [t for t, _ in starts[:width]], head_drafts)
+                def width_for(chances: list[float]) -> int:  # the plan's kind, now with the alternatives' chances
+                    return _plan(costs, copy if plan == "tree" else [], head_drafts, lookup_rate.reach,
+                                 head_rate.reach, chances, tree_ok, draft_ms, kind=plan)[1]
+
+                alternatives = _next_best_branches(head, state, token, greedy_branch, next_ids[0, 1], next_probs[0, 1],
+                                                   alternative_tries, width_for)
                 branches += alternatives
-            elif q_all is not None:
-                q = q_all[0, 1 : 1 + head_drafts].to(device)
         if not branches:
             branches = [[]]
         looked_up = plan in ("lookup", "tree")
@@ -170,6 +162,19 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     return out
 
 
+def _next_best_branches(head, state, token: int, greedy_branch: list[int], next_ids: Tensor, next_probs: Tensor,
+                        tries: list[list[int]], width_for) -> list[list[int]]:
+    """The token tree's extra branches: the head's next-best first drafts (`next_ids`, `next_probs` [k], best
+    first), as many as `width_for(chances)` says pay, each continued by the head. A next-best draft's chance
+    is the head's own probability for it, corrected by how often the k-th next-best has held in this
+    generation (`tries`: [held, tried] per rank, as ALTERNATIVE_WEIGHT tries of prior)."""
+    starts = [(token_id, p) for token_id, p in zip(next_ids.tolist(), next_probs.tolist())
+              if token_id != greedy_branch[0] and p > 0]
+    chances = [(held + ALTERNATIVE_WEIGHT * p) / (tried + ALTERNATIVE_WEIGHT) for (held, tried), (_, p) in zip(tries, starts)]
+    width = width_for(chances)
+    return _alternatives(head, state, token, [token_id for token_id, _ in starts[:width]], len(greedy_branch))
+
+
 def _alternatives(head, state, token: int, starts: list[int], drafts: int) -> list[list[int]]:
     """Branches that start with the head's next-best first drafts `starts`, each continued greedily by
     the head conditioned on it: the extra branches of a token tree."""
@@ -181,17 +186,18 @@ def _alternatives(head, state, token: int, starts: list[int], drafts: int) -> li
 
 
 def _plan(costs, copy: list[int], head_drafts: int, lookup_reach: list[float], head_reach: list[float],
-          alternative_rate: list[float], tree_ok: bool, draft_ms: float = 0.0) -> tuple[str, int]:
+          alternative_rate: list[float], tree_ok: bool, draft_ms: float = 0.0,
+          kind: Optional[str] = None) -> tuple[str, int]:
     """This step's drafts: ("lookup" | "head" | "tree" (both) | "none", how many of the head's next-best
     first drafts to add as branches), whichever promises the most tokens per millisecond under the
     measured costs (tjdkit.decoding.costs), each alternative also costing one more row of head drafting
-    (`draft_ms`): the copy when there are no costs."""
+    (`draft_ms`): the copy when there are no costs. `kind`: weigh that kind's widths only."""
     if not copy and not head_drafts:
         return "none", 0
     if costs is None:
         return ("lookup" if copy else "head"), 0
     options: dict[tuple[str, int], float] = {}
-    if copy:
+    if copy and kind in (None, "lookup"):
         options[("lookup", 0)] = expected_rate(costs, lookup_reach, len(copy))
     widths = range(0, min(MAX_ALTERNATIVES, len(alternative_rate)) + 1 if tree_ok else 1)
     for width in widths if head_drafts else ():
@@ -201,9 +207,9 @@ def _plan(costs, copy: list[int], head_drafts: int, lookup_reach: list[float], h
         nodes = 1 + head_drafts * (1 + width)
         rows = 1 + head_drafts
         head_ms = expected_output_ms(costs, reach, rows, best_first_chunk(costs, reach, rows)) + width * draft_ms
-        if width == 0 or tree_ok:
+        if (width == 0 or tree_ok) and kind in (None, "head"):
             options[("head", width)] = expected_tokens(reach, head_drafts) / (costs.layers_ms(nodes) + head_ms)
-        if copy and tree_ok:  # the copy's tokens, plus the head's where the copy fails at its first draft
+        if copy and tree_ok and kind in (None, "tree"):  # the copy's tokens, plus the head's where the copy fails at its first draft
             tokens = expected_tokens(lookup_reach, len(copy)) + (1 - lookup_reach[1]) * (expected_tokens(reach, head_drafts) - 1)
             copy_ms = expected_output_ms(costs, lookup_reach, 1 + len(copy), best_first_chunk(costs, lookup_reach, 1 + len(copy)))
             options[("tree", width)] = tokens / (costs.layers_ms(nodes + len(copy)) + copy_ms + head_ms)

@@ -48,6 +48,11 @@ def available_memory() -> Optional[int]:
         return None
 
 
+def _one_row_expanded(hidden: Tensor) -> bool:
+    """hidden [B, D] is one row expanded B times (stride 0): what depends on the state alone is computed once."""
+    return hidden.dim() == 2 and hidden.shape[0] > 1 and hidden.stride(0) == 0
+
+
 class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
     """Base class: p(y_1..y_H | hidden) with exact `log_prob` and conditional-exact `draft`.
 
@@ -261,6 +266,10 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
 
     def _factors(self, hidden: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """hidden [B, D] -> log f [B, C, K] and log Z [B, C] (None when normalised), compute dtype."""
+        if _one_row_expanded(hidden):  # one state under several prefixes (a token tree): the decoder runs once
+            log_f, log_z = self._factors(hidden[:1])
+            expand = hidden.shape[0]
+            return log_f.expand(expand, *log_f.shape[1:]), None if log_z is None else log_z.expand(expand, -1)
         x = self._input(hidden)
         emb = torch.einsum("bd,ced->bce", x, self.proj)  # [B, C, E]
         if torch.is_grad_enabled():
@@ -271,6 +280,8 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
 
     def _linear_log_softmax(self, linear: nn.Linear, hidden: Tensor, shape: tuple[int, ...]) -> Tensor:
         """A small Linear on the hidden state, reshaped to [B, *shape], log_softmax on the last dim."""
+        if _one_row_expanded(hidden):
+            return self._linear_log_softmax(linear, hidden[:1], shape).expand(hidden.shape[0], *shape)
         out = linear(self._input(hidden)).to(self._compute_dtype())
         return torch.log_softmax(out.view(hidden.shape[0], *shape), dim=-1)
 
@@ -330,6 +341,32 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
         next-best y_2 is continued this way).
         `conditionals=False` returns q = None (greedy verification does not need it).
         """
+        local, q_local = self._draft_checked(hidden, greedy, temperature, generator, first)  # [B, H], [B, H, K]
+        if not conditionals:
+            return (local if self.vocab_ids is None else self.vocab_ids.to(local.device)[local]), None
+        if self.vocab_ids is None:
+            return local, q_local
+        ids = self.vocab_ids.to(local.device)
+        q = q_local.new_zeros(*q_local.shape[:2], self.vocab_size)
+        q[..., ids] = q_local
+        return ids[local], q
+
+    @torch.no_grad()
+    def draft_next_best(self, hidden: Tensor, first: Optional[Tensor], k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """A greedy draft (as `draft`) and, at each position, the k most likely tokens of the conditional it
+        was drawn from: the candidates for a token tree's other branches. Taken over the head's own draft
+        vocabulary, so nothing is spread over the model's full one.
+        hidden [B, D] -> (tokens [B, H], next-best ids [B, H, k'], their probabilities [B, H, k']), k' = min(k, K)."""
+        local, q_local = self._draft_checked(hidden, True, 1.0, None, first)  # [B, H], [B, H, K]
+        best = q_local.topk(min(k, q_local.shape[-1]), dim=-1)  # over the draft vocabulary K
+        if self.vocab_ids is None:
+            return local, best.indices, best.values
+        ids = self.vocab_ids.to(local.device)
+        return ids[local], ids[best.indices], best.values
+
+    def _draft_checked(self, hidden: Tensor, greedy: bool, temperature: float, generator: Optional[torch.Generator],
+                       first: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """`draft`'s checks, then the draft in local ids: (tokens [B, H], conditionals [B, H, K])."""
         self._check_hidden(hidden)
         if hidden.dim() != 2:
             raise TjdkitError(f"{self.name} head: draft takes hidden [B, D], got {list(hidden.shape)}")
@@ -359,12 +396,4 @@ class JointHead(HubMixin, nn.Module, metaclass=abc.ABCMeta):
             q = torch.softmax(log_u / temperature, dim=-1)
             return torch.multinomial(q, 1, generator=generator).squeeze(-1), q
 
-        local, q_local = self._draft_local(hidden, pick)  # [B, H], [B, H, K]
-        if not conditionals:
-            return (local if self.vocab_ids is None else self.vocab_ids.to(local.device)[local]), None
-        if self.vocab_ids is None:
-            return local, q_local
-        ids = self.vocab_ids.to(local.device)
-        q = q_local.new_zeros(*q_local.shape[:2], self.vocab_size)
-        q[..., ids] = q_local
-        return ids[local], q
+        return self._draft_local(hidden, pick)
