@@ -167,6 +167,75 @@ def test_self_distill_runs_to_new_tokens_within_max_length_and_generates_each_pr
         assert new.input_ids == expected[0].tolist() and len(new.input_ids) <= length
 
 
+def test_distilled_continuations_are_kept_so_a_grown_run_generates_only_new_prompts(tmp_path):
+    """Self-distilling with a store: a second run over more prompts generates only the new ones, and every
+    example equals what a run without the store writes (the model's own greedy continuation)."""
+    from tjdkit.data.distilled import ContinuationStore
+
+    model, tokenizer = load_model("tiny-llama")
+    prompts = [tokenizer(text).input_ids for text in ("one two", "three four five", "six", "seven eight")]
+    examples = [Example(prompt + [3, 4], len(prompt)) for prompt in prompts]
+    calls = []
+    original_generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original_generate(*args, **kwargs)
+
+    fresh = self_distill(model, tokenizer, examples, batch_size=1, new_tokens=12)
+    model.generate = counting_generate
+    store = ContinuationStore.for_writer(tmp_path, model, tokenizer.eos_token_id)
+    assert self_distill(model, tokenizer, examples[:2], batch_size=1, new_tokens=12, store=store) == fresh[:2]
+    assert calls == [1, 1]
+    reopened = ContinuationStore.for_writer(tmp_path, model, tokenizer.eos_token_id)  # the next run reads the disk
+    progress = []
+    grown = self_distill(model, tokenizer, examples, batch_size=1, new_tokens=12, store=reopened,
+                         on_progress=lambda done, total: progress.append((done, total)))
+    assert grown == fresh and calls == [1, 1, 1, 1] and progress == [(2, 4), (3, 4), (4, 4)]
+    shorter = self_distill(model, tokenizer, examples, batch_size=1, new_tokens=5, store=reopened)
+    assert calls == [1, 1, 1, 1]  # a prefix of a greedy continuation is the shorter one
+    assert shorter == self_distill(model, tokenizer, examples, batch_size=4, new_tokens=5)
+    calls.clear()
+    self_distill(model, tokenizer, examples, batch_size=4, new_tokens=20, store=reopened)
+    ended = sum(tokenizer.eos_token_id in example.input_ids[example.prompt_length :] for example in fresh)
+    assert calls == ([4 - ended] if ended < 4 else [])  # more room: only continuations that had not ended
+
+
+def test_a_second_self_distilled_run_reuses_the_first_runs_continuations(tmp_path):
+    model, tokenizer = load_model("tiny-llama")
+    distilled = recipe(data={"self_distill": True, "distill_tokens": 8}, train={"max_steps": 1})
+    train(distilled, tmp_path / "first", model, tokenizer)
+    calls = []
+    original_generate = model.generate
+    model.generate = lambda *args, **kwargs: calls.append(1) or original_generate(*args, **kwargs)
+    train(distilled, tmp_path / "second", model, tokenizer)
+    assert calls == []
+
+
+def test_the_continuation_store_belongs_to_one_set_of_weights_and_survives_bad_shards(tmp_path):
+    import json
+
+    from tjdkit.data.distilled import ContinuationStore, weights_fingerprint
+    from tjdkit.models.quantize import weights_copy
+
+    model, _ = load_model("tiny-llama")
+    other, _ = load_model("tiny-llama")
+    assert weights_fingerprint(other) == weights_fingerprint(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)  # a fine-tune
+    assert weights_fingerprint(other) != weights_fingerprint(model)
+    assert weights_fingerprint(weights_copy(model, "fp16-weights")) != weights_fingerprint(model)
+
+    store = ContinuationStore(tmp_path, eos=2)
+    store.put([((5, 6), 3, [7, 8, 9]), ((5, 7), 4, [1, 2])])
+    (tmp_path / "broken.json").write_text('{"format": 1, "entries": [[')
+    (tmp_path / "odd.json").write_text(json.dumps({"format": 1, "entries": [["x", "3", [1]], 7]}))
+    again = ContinuationStore(tmp_path, eos=2)
+    assert again.get((5, 6), 2) == [7, 8] and again.get((5, 6), 4) is None  # generated with room 3 only
+    assert again.get((5, 7), 10) == [1, 2]  # ended at end-of-sequence: serves any room
+    assert again.get((9,), 1) is None and len(again.entries) == 2
+
+
 def test_frequent_tokens_rank_by_count_and_keep_eos():
     examples = [Example([5, 5, 5, 7, 7, 9], 1), Example([7, 5], 1)]
     assert frequent_token_ids(examples, 2, [1]).tolist() == [1, 5]

@@ -19,8 +19,10 @@ import torch
 import torch.nn as nn
 
 from tjdkit.config import TrainRecipe
+from tjdkit.data.distilled import ContinuationStore
 from tjdkit.data.examples import Example, collate, frequent_token_ids, load_examples, self_distill
 from tjdkit.errors import TjdkitError
+from tjdkit.fileio import cache_root
 from tjdkit.evaluation.heads import evaluate_nll, window_hidden
 from tjdkit.training.loop import EventCallback, epoch_order, lr_factor, read_resume_state, run_loop, tracker_options  # noqa: F401 - epoch_order, lr_factor: re-exported
 from tjdkit.recipes import dump_recipe
@@ -183,9 +185,11 @@ def train(
         distill = dict(new_tokens=recipe.data.distill_tokens, max_length=recipe.data.max_length)
         writer = distill_model(model, recipe.data.distill_weights)
         batch = recipe.data.distill_batch_size or t.batch_size
-        train_examples = self_distill(writer, tokenizer, train_examples, batch, report, **distill)
+        # kept on disk per writer: a later run with more prompts generates only the new ones
+        store = ContinuationStore.for_writer(cache_root() / "distilled", writer, tokenizer.eos_token_id)
+        train_examples = self_distill(writer, tokenizer, train_examples, batch, report, store=store, **distill)
         # Checkpoints are chosen on held-out NLL: of the same kind of target the head trains on.
-        eval_examples = self_distill(writer, tokenizer, eval_examples, batch, **distill)
+        eval_examples = self_distill(writer, tokenizer, eval_examples, batch, store=store, **distill)
         del writer
     vocab_ids = None
     vocab_size = model.get_output_embeddings().weight.shape[0]
