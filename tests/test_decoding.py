@@ -361,6 +361,34 @@ def test_kv_cache_rollback_matches_no_cache(models, name):
     assert kept.shape[1] > 2 * 32
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_a_long_prompt_is_prefilled_in_window_chunks_with_the_models_own_outputs(models, name, monkeypatch):
+    """Gemma 3 (sliding window 32 here) takes a 100-token prompt in chunks of its window: the last logits equal
+    a no-cache forward, and every mode's greedy text after it equals no-cache greedy decoding. Models without
+    a window take the prompt whole."""
+    from tjdkit.decoding import verify as verify_module
+    from tjdkit.decoding.forward import new_cache, next_logits, prefill_chunk
+
+    monkeypatch.setattr(verify_module, "MAX_ALTERNATIVES", 0)
+    model, tokenizer = models[name]
+    ids = torch.randint(3, sizes(model)[1], (1, 100), generator=torch.Generator().manual_seed(0))
+    cache = new_cache(model)
+    chunk = prefill_chunk(model, cache)
+    assert chunk == (32 if name == "tiny-gemma3" else None)
+    fed = []
+    hook = model.base_model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]),
+                                                      with_kwargs=True)
+    with torch.no_grad():
+        logits = next_logits(model, ids, cache)
+        hook.remove()
+        assert fed == ([32, 32, 32, 4] if chunk else [100]) and cache.get_seq_length() == 100
+        assert torch.allclose(logits, model(ids).logits[0, -1].float(), atol=1e-4)
+    reference = greedy_no_cache(model, ids, 12)
+    head = weak_head(model, "cp", horizon=3)
+    for mode in ("ar", "verify"):
+        assert generate(model, ids, mode=mode, head=head, max_new_tokens=12)[0] == reference, mode
+
+
 def exact_distribution(model, ids, n, top_k, temperature):
     """{sequence: probability} of the model's first n tokens under tempered top-k sampling."""
     dist = {(): 1.0}

@@ -107,6 +107,7 @@ class Run:
 
 def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int], drafter: str) -> Run:
     from tjdkit.decoding import attach_head, detach_head, generate
+    from tjdkit.decoding.forward import new_cache, prefill_chunk
 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], device=device)
@@ -120,6 +121,9 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
             with torch.inference_mode():
                 if mode in ("hf", "lookup", "assisted"):
                     extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if mode == "lookup" else {}
+                    # the prompt in the chunks tjdkit's modes feed it in, where transformers supports that (its greedy
+                    # `generate`; its assisted and prompt-lookup loops feed the prompt whole, as of transformers 5.24)
+                    extra["prefill_chunk_size"] = prefill_chunk(model, new_cache(model))
                     attached = attach_head(model, head) if mode == "assisted" else None
                     try:
                         output = model.generate(
