@@ -235,3 +235,18 @@ def test_bench_verify_with_lookup_drafts_needs_no_head(run_cli, tmp_path):
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["head"] is None and result["drafter"] == "lookup" and result["parity"] is True
     assert result["outputs"]["verify"] == result["outputs"]["ar"] and result["modes"]["verify"]["lookup_share"] > 0
+
+
+def test_a_prompt_fed_in_chunks_counts_as_one_forward():
+    """tok/fwd means the same in every mode: tjdkit and transformers' greedy feed a long Gemma 3 prompt in
+    window chunks, transformers' prompt lookup feeds it whole; each prefill counts once."""
+    import torch
+
+    from tjdkit.bench.run import _run_mode
+    from tjdkit.models import load_model
+
+    model, _ = load_model("tiny-gemma3")
+    prompt = torch.randint(3, 200, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    runs = {mode: _run_mode(model, None, mode, prompt, 12, [-1], "lookup") for mode in ("ar", "hf", "lookup")}
+    assert runs["ar"].tokens == runs["hf"].tokens == runs["lookup"].tokens
+    assert runs["ar"].forwards == runs["hf"].forwards == 12  # one prefill (four chunks of 32 or fewer) + 11 steps

@@ -59,14 +59,24 @@ class PeakMemory:
 
 
 class ForwardCounter:
-    """Counts the backbone's forward calls, whoever makes them (tjdkit or transformers' generate)."""
+    """Counts the backbone's forward calls, whoever makes them (tjdkit or transformers' generate). The
+    forwards that feed the first `prompt_length` tokens count as one, however many chunks the prompt
+    was fed in (chunked prefill), so tokens per forward means the same in every mode."""
 
-    def __init__(self, model):
+    def __init__(self, model, prompt_length: int = 0):
         self.count = 0
-        self._handle = model.base_model.register_forward_pre_hook(self._hook)
+        self.prompt_left = prompt_length  # prompt tokens not fed yet
+        self._prefill_counted = False
+        self._handle = model.base_model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, *_args) -> None:
-        self.count += 1
+    def _hook(self, _module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if self.prompt_left > 0:
+            self.count += not self._prefill_counted
+            self._prefill_counted = True
+            self.prompt_left -= ids.shape[-1] if ids is not None else self.prompt_left
+        else:
+            self.count += 1
 
     def close(self) -> None:
         self._handle.remove()

@@ -111,7 +111,7 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], device=device)
-    counter = ForwardCounter(model)
+    counter = ForwardCounter(model, prompt_length=len(prompt))
     try:
         with PeakMemory(device) as memory:
             if device.type == "cuda":
