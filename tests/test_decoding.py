@@ -326,13 +326,13 @@ def test_verify_rolls_back_rejected_drafts(models, name):
 
 def test_verify_logits_are_the_models_own_with_softcapping():
     """Soft-capping keeps the argmax but changes sampling: verify's logits must apply it."""
-    from tjdkit.decoding.forward import hidden_and_logits, new_cache
+    from tjdkit.decoding.forward import hidden_states, new_cache, output_logits
 
     model, tokenizer = load_model("tiny-gemma3")
     model.config.get_text_config().final_logit_softcapping = 0.5
     ids = prompt(tokenizer)
     with torch.no_grad():
-        _, logits = hidden_and_logits(model, ids, new_cache(model))
+        logits = output_logits(model, hidden_states(model, ids, new_cache(model)))
         expect = model(ids).logits[0].float()
     assert logits.abs().max() <= 0.5 and torch.allclose(logits, expect, atol=1e-6)
 
@@ -340,18 +340,18 @@ def test_verify_logits_are_the_models_own_with_softcapping():
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
 def test_kv_cache_rollback_matches_no_cache(models, name):
     """Feed chunks, crop random suffixes off, feed more: the logits equal a no-cache forward of what stayed."""
-    from tjdkit.decoding.forward import hidden_and_logits, new_cache
+    from tjdkit.decoding.forward import hidden_states, new_cache, output_logits
 
     model, tokenizer = models[name]
     rng = torch.Generator().manual_seed(0)
     kept = prompt(tokenizer)
     cache = new_cache(model)
-    hidden_and_logits(model, kept, cache)
+    hidden_states(model, kept, cache)
     cache.activate_past_recording()
     with torch.no_grad():
         for _ in range(25):  # ~60 tokens kept: crosses the 32-token window more than once
             chunk = torch.randint(0, sizes(model)[1], (1, 4), generator=rng)
-            _, logits = hidden_and_logits(model, chunk, cache)
+            logits = output_logits(model, hidden_states(model, chunk, cache))
             keep = int(torch.randint(1, 5, (), generator=rng))
             cache.crop(-(4 - keep))
             kept = torch.cat([kept, chunk[:, :keep]], dim=1)

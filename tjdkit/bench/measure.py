@@ -65,18 +65,14 @@ class ForwardCounter:
 
     def __init__(self, model, prompt_length: int = 0):
         self.count = 0
-        self.prompt_left = prompt_length  # prompt tokens not fed yet
-        self._prefill_counted = False
+        self.prompt_length = self.prompt_left = prompt_length  # prompt_left: prompt tokens not fed yet
         self._handle = model.base_model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, _module, args, kwargs) -> None:
+        continues_prefill = 0 < self.prompt_left < self.prompt_length  # a later chunk of the prompt
+        self.count += not continues_prefill
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if self.prompt_left > 0:
-            self.count += not self._prefill_counted
-            self._prefill_counted = True
-            self.prompt_left -= ids.shape[-1] if ids is not None else self.prompt_left
-        else:
-            self.count += 1
+        self.prompt_left -= ids.shape[-1] if ids is not None else self.prompt_left
 
     def close(self) -> None:
         self._handle.remove()

@@ -21,47 +21,45 @@ def new_cache(model):
     return DynamicCache(config=model.config)
 
 
+def dynamic_layers_only(cache) -> bool:
+    """Whether every layer of the cache is one of transformers' own dynamic layers (full or sliding), whose
+    masks transformers builds and whose contents tjdkit may feed in pieces or rearrange."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
 def prefill_chunk(model, cache) -> Optional[int]:
     """How many prompt tokens to feed per forward when only the last position's output is needed: the
     sliding window, for a model whose layers attend to a window and whose cache is transformers' own
     (Gemma 3). A whole long prompt makes every sliding layer compute the full [T, T] attention and mask
     most of it away; in chunks of the window, each chunk attends to at most twice the window (a
     3174-token prompt: ~35% less prefill time on a 2-core CPU). None: feed the prompt whole."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     window = getattr(model.config.get_text_config(), "sliding_window", None)
-    layers = getattr(cache, "layers", None)
-    if not window or not layers or not any(type(layer) is DynamicSlidingWindowLayer for layer in layers):
-        return None
-    if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+    if not window or not dynamic_layers_only(cache) or not any(getattr(layer, "is_sliding", False) for layer in cache.layers):
         return None
     return int(window)
 
 
-def last_hidden_state(model, ids: Tensor, cache) -> Tensor:
-    """ids [1, n] appended to the cache -> final normed hidden state [1, D] at the last position; a long
-    prompt is fed in `prefill_chunk` pieces (its other positions' outputs are never read)."""
-    chunk = prefill_chunk(model, cache) if ids.shape[1] > 1 else None
-    start = 0
-    if chunk:
-        while ids.shape[1] - start > chunk:
-            model.base_model(input_ids=ids[:, start : start + chunk], cache=cache, use_cache=True)
-            start += chunk
-    return model.base_model(input_ids=ids[:, start:], cache=cache, use_cache=True).last_hidden_state[:, -1]
-
-
 def next_logits(model, ids: Tensor, cache) -> Tensor:
     """ids [1, n] appended to the cache -> next-token logits [V] (float32) at the last position."""
-    return output_logits(model, last_hidden_state(model, ids, cache))[0]
+    return output_logits(model, next_hidden(model, ids, cache))[0]
 
 
 def next_hidden(model, ids: Tensor, cache) -> Tensor:
-    """ids [1, n] appended to the cache -> final normed hidden state [1, D] at the last position.
+    """ids [1, n] appended to the cache -> final normed hidden state [1, D] at the last position; a long
+    prompt is fed in `prefill_chunk` pieces (its other positions' outputs are never read).
 
     Runs the backbone only (no lm_head): the head needs what lm_head would see, which is
     also what `tjdkit.heads.windows.last_hidden` gives the head during training.
     """
-    return last_hidden_state(model, ids, cache)
+    chunk = prefill_chunk(model, cache) if ids.shape[1] > 1 else None
+    start = 0
+    while chunk and ids.shape[1] - start > chunk:
+        model.base_model(input_ids=ids[:, start : start + chunk], cache=cache, use_cache=True)
+        start += chunk
+    return model.base_model(input_ids=ids[:, start:], cache=cache, use_cache=True).last_hidden_state[:, -1]
 
 
 def output_logits(model, hidden: Tensor) -> Tensor:
@@ -100,12 +98,6 @@ def apply_soft_cap(logits: Tensor, cap: Optional[float]) -> Tensor:
 def hidden_states(model, ids: Tensor, cache) -> Tensor:
     """ids [1, n] appended to the cache -> final normed hidden states [n, D] (no output layer)."""
     return model.base_model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[0]
-
-
-def hidden_and_logits(model, ids: Tensor, cache) -> tuple[Tensor, Tensor]:
-    """ids [1, n] appended to the cache -> hidden states [n, D] and logits [n, V] (float32) at every position."""
-    hidden = hidden_states(model, ids, cache)  # [n, D]
-    return hidden, output_logits(model, hidden)
 
 
 class LazyLogits:

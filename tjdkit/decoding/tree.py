@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tjdkit.decoding.forward import LazyLogits
+from tjdkit.decoding.forward import LazyLogits, dynamic_layers_only
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
 MASKED_LAYERS = ("full_attention", "sliding_attention")  # layer types whose masks tjdkit can build
@@ -77,15 +77,10 @@ def tree_supported(model, cache) -> bool:
     transformers' masking utilities, which take a prepared 4D mask as-is; Hyformer's own forward takes
     key masks only), transformers' own dynamic cache layers (full or sliding), an attention that takes
     a 4D mask (eager, sdpa), and layer types tjdkit builds masks for."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     if not type(getattr(model, "base_model", model)).__module__.startswith("transformers.models."):
         return False
     config = model.config.get_text_config()
-    layers = getattr(cache, "layers", None)
-    if not layers or getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
-        return False
-    if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+    if not dynamic_layers_only(cache) or getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
         return False
     return set(getattr(config, "layer_types", None) or ["full_attention"]) <= set(MASKED_LAYERS)
 

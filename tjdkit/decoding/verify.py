@@ -43,7 +43,7 @@ from tjdkit.decoding.costs import (
     forward_costs,
 )
 from tjdkit.decoding.drafters import LOOKUP_NGRAM, MAX_LOOKUP_TOKENS, lookup_match
-from tjdkit.decoding.forward import LazyLogits, hidden_states, last_hidden_state, new_cache, output_logits
+from tjdkit.decoding.forward import LazyLogits, hidden_states, new_cache, next_hidden, output_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 from tjdkit.decoding.tree import TokenTree, branch_match, tree_supported, verify_tree
 
@@ -67,7 +67,7 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     head_rate = AcceptanceProfile()  # the head's greedy drafts
     alternative_tries = [[0, 0] for _ in range(MAX_ALTERNATIVES)]  # the head's k-th next-best: [held, tried]
     draft_ms = 0.0  # the head's drafting time for one row, as timed in this generation: each alternative adds one
-    state = last_hidden_state(model, ids, cache)  # the prefill: [1, D], the hidden state that predicts `token`
+    state = next_hidden(model, ids, cache)  # the prefill: [1, D], the hidden state that predicts `token`
     logits = output_logits(model, state)  # [1, V]
     stats.forwards += 1
     cache.activate_past_recording()  # after the prefill: sliding-window layers keep what a rollback needs
