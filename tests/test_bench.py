@@ -43,11 +43,13 @@ def test_bench_trains_a_head_once_then_reuses_it(run_cli, tmp_path, small_bench_
     # the head offers H-1 = 2 drafts a step; lookup steps (hybrid drafter, the default) up to 10
     assert len(verify["acceptance_by_position"]) >= 2
     plain = max(("ar", "hf"), key=lambda mode: result["modes"][mode]["tokens_per_second"])  # the faster plain decoding
-    assert result["baselines"] == {"speedup": plain, "speedup_vs_lookup": "lookup"}
+    assert {key: result["baselines"][key] for key in ("speedup", "speedup_vs_lookup")} == {"speedup": plain, "speedup_vs_lookup": "lookup"}
     assert result["modes"][plain]["speedup"] == 1.0 and result["modes"]["lookup"]["speedup_vs_lookup"] == 1.0
     assert result["modes"]["ar"]["tokens_per_forward"] == 1.0 and result["environment"]["output_layer_kernel"] in ("linear", "matmul")
+    assert result["baselines"]["decode_speedup_vs_lookup"] == "lookup" and result["baselines"]["decode_speedup"] in ("ar", "hf")
     for row in result["modes"].values():
         assert row["tokens_per_second"] > 0 and row["peak_memory_mb"] > 0 and row["new_tokens"] == 24
+        assert 0 < row["prefill_seconds"] < row["seconds"] and row["decode_tokens_per_second"] > 0
     assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] >= 1
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "all lossless modes identical to ar" in out and "verify" in out
@@ -191,6 +193,41 @@ def test_speedups_divide_by_the_fastest_plain_decoding_and_by_lookup():
     assert speedups(alone) == {} and "speedup" not in alone["verify"]  # nothing plain to compare with
 
 
+def test_decode_ratios_divide_by_the_plain_mode_that_decoded_faster():
+    """End to end hf is faster (ar's prompt was slower, say); after the prompt ar decodes faster: each
+    ratio picks its own plain baseline, and the table and JSON say which."""
+    from tjdkit.bench import speedups
+
+    rates = [("ar", 10.0, 30.0), ("hf", 20.0, 25.0), ("verify", 50.0, 90.0), ("lookup", 25.0, 45.0)]
+    rows = {mode: {"tokens_per_second": e2e, "decode_tokens_per_second": decode} for mode, e2e, decode in rates}
+    assert speedups(rows) == {"speedup": "hf", "speedup_vs_lookup": "lookup",
+                              "decode_speedup": "ar", "decode_speedup_vs_lookup": "lookup"}
+    assert [rows[mode]["decode_speedup"] for mode in rows] == [1.0, 25 / 30, 3.0, 1.5]
+    assert [rows[mode]["decode_speedup_vs_lookup"] for mode in rows] == [30 / 45, 25 / 45, 2.0, 1.0]
+    assert rows["verify"]["speedup"] == 2.5  # the end-to-end ratio is untouched
+
+
+def test_the_prefill_ends_when_the_prompts_last_chunk_returns():
+    import torch
+
+    from tjdkit.bench.measure import ForwardCounter
+    from tjdkit.decoding.forward import hidden_states, new_cache
+    from tjdkit.models import load_model
+
+    model, _ = load_model("tiny-gemma3")
+    counter = ForwardCounter(model, prompt_length=40)
+    cache = new_cache(model)
+    with torch.inference_mode():
+        hidden_states(model, torch.arange(3, 35)[None], cache)  # 32 of the 40 prompt tokens
+        assert counter.prompt_done_at is None
+        hidden_states(model, torch.arange(3, 11)[None], cache)  # the last 8
+        done = counter.prompt_done_at
+        assert done is not None
+        hidden_states(model, torch.tensor([[5]]), cache)  # decoding: the prefill's end stays where it was
+    counter.close()
+    assert counter.prompt_done_at == done and counter.count == 2
+
+
 def test_prompts_file_plain_lines_or_json_lines(tmp_path):
     from tjdkit.bench import read_prompts_file
     from tjdkit.errors import TjdkitError
@@ -250,3 +287,4 @@ def test_a_prompt_fed_in_chunks_counts_as_one_forward():
     runs = {mode: _run_mode(model, None, mode, prompt, 12, [-1], "lookup") for mode in ("ar", "hf", "lookup")}
     assert runs["ar"].tokens == runs["hf"].tokens == runs["lookup"].tokens
     assert runs["ar"].forwards == runs["hf"].forwards == 12  # one prefill (four chunks of 32 or fewer) + 11 steps
+    assert all(0 < run.prefill_seconds < run.seconds for run in runs.values())

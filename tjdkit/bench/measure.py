@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
 from typing import Optional
 
 import torch
@@ -61,22 +62,36 @@ class PeakMemory:
 class ForwardCounter:
     """Counts the backbone's forward calls, whoever makes them (tjdkit or transformers' generate). The
     forwards that feed the first `prompt_length` tokens count as one, however many chunks the prompt
-    was fed in (chunked prefill), so tokens per forward means the same in every mode."""
+    was fed in (chunked prefill), so tokens per forward means the same in every mode.
+
+    `prompt_done_at`: perf_counter when the forward that fed the prompt's last token returned, so a run
+    splits into its prefill, which every mode pays alike, and its decoding, which the modes differ in."""
 
     def __init__(self, model, prompt_length: int = 0):
         self.count = 0
         self.prompt_length = self.prompt_left = prompt_length  # prompt_left: prompt tokens not fed yet
-        self._handle = model.base_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.prompt_done_at: Optional[float] = None
+        self._device = next(model.parameters()).device
+        self._handles = [
+            model.base_model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.base_model.register_forward_hook(self._after),
+        ]
 
-    def _hook(self, _module, args, kwargs) -> None:
+    def _before(self, _module, args, kwargs) -> None:
         continues_prefill = 0 < self.prompt_left < self.prompt_length  # a later chunk of the prompt
         self.count += not continues_prefill
         ids = kwargs.get("input_ids", args[0] if args else None)
         self.prompt_left -= ids.shape[-1] if ids is not None else self.prompt_left
 
-    def close(self) -> None:
-        self._handle.remove()
+    def _after(self, *_) -> None:
+        if self.prompt_done_at is None and self.prompt_left <= 0:
+            if self._device.type == "cuda":
+                torch.cuda.synchronize(self._device)
+            self.prompt_done_at = time.perf_counter()
 
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def environment(model) -> dict:

@@ -22,14 +22,17 @@ MODE_NOTES = {
 def bench_table(result: dict, title: str) -> Table:
     notes = " · ".join(f"{mode}: {MODE_NOTES[mode]}" for mode in result["modes"])
     baselines = result.get("baselines", {})
-    ratios = [(key, f"x {mode}") for key, mode in baselines.items()]  # e.g. ("speedup", "x hf")
+    ratios = [(key, f"x {mode}") for key, mode in baselines.items() if not key.startswith("decode_")]  # ("speedup", "x hf")
+    decode_ratios = [(key, f"decode x {mode}") for key, mode in baselines.items() if key.startswith("decode_")]
     if "speedup" in baselines:
         notes += f" · x {baselines['speedup']}: tok/s over the fastest plain decoding in this run"
+    notes += " · decode: the tokens after the first, over the time after the prompt's forward (which every mode pays alike)"
     table = Table(title=title, caption=notes)
-    for column in ("mode", "tok/s", *(name for _, name in ratios), "ms/token", "s/prompt", "tok/fwd", "tau",
-                   "accepted by position", "peak MB", "= ar"):
+    for column in ("mode", "tok/s", *(name for _, name in ratios), "s/prompt", "prefill s/prompt", "decode tok/s",
+                   *(name for _, name in decode_ratios), "tok/fwd", "tau", "accepted by position", "peak MB", "= ar"):
         table.add_column(column, justify="left" if column in ("mode", "accepted by position") else "right")
     parity = result.get("parity", {})
+    prompts = len(result["per_prompt"])
     for mode, row in result["modes"].items():
         same = parity.get(mode)
         if mode == "ar":
@@ -38,15 +41,17 @@ def bench_table(result: dict, title: str) -> Table:
             same_text = "[green]identical[/]"
         else:
             colour = "red" if same["lossless"] else "yellow"
-            same_text = f"[{colour}]{same['identical_prompts']}/{len(result['per_prompt'])}[/]"
+            same_text = f"[{colour}]{same['identical_prompts']}/{prompts}[/]"
         rates = row.get("acceptance_by_position", [])  # lookup steps offer up to 10 drafts: the first 4 here, all in --json
         by_position = " ".join(f"{rate:.2f}" for rate in rates[:4]) + (" …" if len(rates) > 4 else "") or "-"
         table.add_row(
             mode,
             f"{row['tokens_per_second']:.1f}",
             *(f"{row[key]:.2f}x" for key, _ in ratios),
-            f"{row['ms_per_token']:.0f}",
             f"{row['seconds_per_prompt']:.1f}",
+            f"{row['prefill_seconds'] / max(prompts, 1):.1f}",
+            f"{row['decode_tokens_per_second']:.1f}",
+            *(f"{row[key]:.2f}x" for key, _ in decode_ratios),
             f"{row['tokens_per_forward']:.2f}",
             f"{row['tau']:.2f}" if "tau" in row else "-",
             by_position,
