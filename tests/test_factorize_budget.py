@@ -200,3 +200,29 @@ def test_shortlist_perplexity_is_exact_with_the_whole_vocabulary_and_a_lower_bou
     short = ShortlistPerplexity(model, ids, k=8)
     assert short.size < model.config.vocab_size
     assert short(model, ids) <= exact
+
+
+def test_shortlist_divergence_is_the_kl_from_the_dense_model(tiny):
+    """With the whole vocabulary, a trial's log ratio to the dense score is KL(dense || trial) per
+    token, computed here from the two models' full logits; the dense model scores its own NLL."""
+    from tjdkit.decoding.forward import output_logits
+    from tjdkit.factorize.sensitivity import ShortlistDivergence
+
+    model, tokenizer = tiny
+    ids = calibration_ids(TEXT, tokenizer, 128)
+    score = ShortlistDivergence(model, ids, k=model.config.vocab_size)
+    dense = score(model, ids)
+    assert dense == pytest.approx(perplexity(model, ids), rel=1e-5)
+    trial = copy.deepcopy(model)
+    with torch.no_grad():
+        trial.model.layers[0].self_attn.o_proj.weight.mul_(0.5)  # (q and k pass through norms)
+
+    def log_probs(m):
+        with torch.no_grad():
+            hidden = m.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+            return torch.log_softmax(output_logits(m, hidden), dim=-1)
+
+    p, q = log_probs(model), log_probs(trial)
+    kl = float((p.exp() * (p - q)).sum(-1).mean())
+    assert kl > 0
+    assert math.log(score(trial, ids) / dense) == pytest.approx(kl, rel=1e-4)

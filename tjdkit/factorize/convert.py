@@ -212,7 +212,7 @@ def factorize_model(
 
 def _search_budget(model, layers, searched, options, calibration, calibration_text, plans, on_stage) -> dict:
     """rank auto (tucker): per-layer ranks within options.max_ppl_increase; sets plans in place."""
-    from tjdkit.factorize.sensitivity import ShortlistPerplexity, search_ranks
+    from tjdkit.factorize.sensitivity import ShortlistDivergence, search_ranks
     from tjdkit.factorize.texts import perplexity
     from tjdkit.factorize.tucker import activation_scale
 
@@ -221,7 +221,7 @@ def _search_budget(model, layers, searched, options, calibration, calibration_te
     check = calibration_text[:, options.budget_tokens : options.budget_tokens + CHECK_TOKENS]  # tokens the search never saw
     check = check if check.shape[1] >= 16 else ids
     on_stage and on_stage("the dense model's shortlist")
-    shortlist = ShortlistPerplexity(model, ids)
+    shortlist = ShortlistDivergence(model, ids)
     choice = search_ranks(
         model, layers, searched, scales, ids, options.max_ppl_increase / 100.0, perplexity, on_stage=on_stage,
         trial_perplexity=shortlist, check_ids=check,
@@ -241,7 +241,7 @@ def _search_budget(model, layers, searched, options, calibration, calibration_te
         "curves": {
             str(index): [
                 {"ranks": None if o.ranks is None else list(o.ranks), "parameters": o.parameters,
-                 "perplexity_increase": math.expm1(o.log_ppl_increase)}
+                 "predicted_increase": math.expm1(o.log_ppl_increase)}  # exp(KL from the dense model) - 1
                 for o in curve.options
             ]
             for index, curve in choice.curves.items()

@@ -4,7 +4,10 @@ Energy thresholds spend rank evenly, but layers differ: on Gemma 3 270M some lay
 half their attention parameters for almost nothing while others break. So, per layer:
 
 1. factorise that layer alone at a few candidate sizes (parameter compressions) and measure
-   the perplexity change on calibration tokens (the other layers stay dense);
+   how far it moves the model on calibration tokens (the other layers stay dense): in
+   `tjdkit factorize`, the KL from the dense model's next-token distributions
+   (ShortlistDivergence), which predicted the held-out perplexity change of Gemma 3 270M's
+   choice within 0.13 points where the trials' own perplexity change missed it by 3;
 2. choose one option per layer (dense, or a candidate) minimising the stored parameters
    subject to the sum of the measured log-perplexity changes staying within log(1 + P): a
    multiple-choice knapsack, solved exactly by dynamic programming over the budget in bins;
@@ -52,7 +55,7 @@ class Option:
 
     ranks: Optional[Rank]
     parameters: int
-    log_ppl_increase: float  # log(ppl with only this layer changed / dense ppl)
+    log_ppl_increase: float  # log(trial score with only this layer changed / dense score): a KL, or a log ppl ratio
 
 
 @dataclass
@@ -176,6 +179,37 @@ class ShortlistPerplexity:
         logits = apply_soft_cap(hidden @ self.weight.T, self.cap)  # [n-1, U]
         nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, self.target_index[:, None])[:, 0]
         return float(torch.exp(nll.double().mean()))
+
+
+class ShortlistDivergence(ShortlistPerplexity):
+    """Trials scored by how far they move the dense model's predictions: KL(dense || trial) per token
+    over the shortlist, returned as exp(dense NLL + KL), so that a trial's log ratio to the dense
+    score (the knapsack's cost) is its KL.
+
+    Why not the trial's own perplexity: on 512 tokens a perplexity change rests on one target per
+    position, and it measured about zero, or below zero, for layers whose attention lost a third of
+    its norm; the knapsack then spent exactly that luck (+0.1% measured, +3.3% on held-out text). The
+    KL reads each position's whole distribution, is never negative, and is what the next-token NLL
+    rises by, in expectation, on text the dense model would write."""
+
+    def __init__(self, model: nn.Module, ids: Tensor, k: int = 64, chunk: int = 128):
+        super().__init__(model, ids, k, chunk)
+        self.dense_log_probs = self._log_probs(model, ids)  # [n-1, U]
+        dense_nll = -self.dense_log_probs.gather(1, self.target_index[:, None])[:, 0]
+        self.dense_nll = float(dense_nll.double().mean())
+
+    @torch.no_grad()
+    def _log_probs(self, model: nn.Module, ids: Tensor) -> Tensor:
+        from tjdkit.decoding.forward import apply_soft_cap
+
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1].float()  # [n-1, D]
+        return torch.log_softmax(apply_soft_cap(hidden @ self.weight.T, self.cap), dim=-1)  # [n-1, U]
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, ids: Tensor) -> float:
+        log_q = self._log_probs(model, ids)
+        kl = (self.dense_log_probs.exp() * (self.dense_log_probs - log_q)).sum(-1)  # [n-1]
+        return math.exp(self.dense_nll + float(kl.double().mean()))
 
 
 class _LayerWeights:
