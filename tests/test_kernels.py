@@ -72,3 +72,26 @@ def test_forcing_a_kernel_needs_no_measurement(monkeypatch):
     monkeypatch.setenv("TJDKIT_OUTPUT_KERNEL", "linear")
     monkeypatch.setattr(kernels, "measure_kernels", lambda *a, **k: pytest.fail("measured"))
     assert kernels.choose_kernel(layer()) == "linear" and kernels.chosen_kernel(layer()) == "linear"
+
+
+def test_the_models_own_forward_runs_on_the_measured_kernel_inside_the_context(monkeypatch):
+    """transformers' generate calls the model's forward: inside `measured_output_kernel` its output layer
+    goes through the kernel tjdkit's modes use (counted here), with the same logits, and only there."""
+    from tjdkit.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    ids = torch.randint(3, 200, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(ids).logits
+    calls = []
+    matmul = kernels._matmul
+    monkeypatch.setattr(kernels, "_matmul", lambda layer, hidden: calls.append(hidden.shape[0]) or matmul(layer, hidden))
+    monkeypatch.setenv("TJDKIT_OUTPUT_KERNEL", "matmul")
+    with torch.no_grad():
+        with kernels.measured_output_kernel(model):
+            inside = model(ids).logits
+            model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3, pad_token_id=0)
+        after = model(ids).logits
+    assert calls[0] == 6 and len(calls) == 4  # the forward above, then generate's prefill and two steps
+    assert torch.allclose(inside, plain, atol=1e-5) and torch.equal(after, plain)
+    assert "forward" not in vars(model.get_output_embeddings())  # the layer's own forward is back

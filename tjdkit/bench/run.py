@@ -109,6 +109,7 @@ class Run:
 def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eos: list[int], drafter: str) -> Run:
     from tjdkit.decoding import attach_head, detach_head, generate
     from tjdkit.decoding.forward import new_cache, prefill_chunk
+    from tjdkit.kernels import measured_output_kernel
 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], device=device)
@@ -127,15 +128,16 @@ def _run_mode(model, head, mode: str, prompt: list[int], max_new_tokens: int, eo
                     extra["prefill_chunk_size"] = prefill_chunk(model, new_cache(model))
                     attached = attach_head(model, head) if mode == "assisted" else None
                     try:
-                        output = model.generate(
-                            ids,
-                            attention_mask=torch.ones_like(ids),
-                            do_sample=False,
-                            max_new_tokens=max_new_tokens,
-                            eos_token_id=eos,
-                            pad_token_id=eos[0],
-                            **extra,
-                        )
+                        with measured_output_kernel(model):  # the output kernel tjdkit's modes use
+                            output = model.generate(
+                                ids,
+                                attention_mask=torch.ones_like(ids),
+                                do_sample=False,
+                                max_new_tokens=max_new_tokens,
+                                eos_token_id=eos,
+                                pad_token_id=eos[0],
+                                **extra,
+                            )
                     finally:
                         if attached is not None:
                             detach_head(model)

@@ -7,16 +7,18 @@ time a layer is seen, both kernels run on 1, 4, 16 and 32 rows (interleaved, aft
 the faster in total is kept: for the process, and in `<cache>/kernels.json` for the machine
 (keyed by CPU, threads, torch version, dtype and shape), so later runs do not measure again.
 `TJDKIT_OUTPUT_KERNEL=linear|matmul` forces one. Every tjdkit decoding path (ar, draft, verify,
-TNOT) goes through `output_layer`, so the modes a benchmark compares share the same kernel; a
-joint head's decoder (a smaller vocabulary) gets its own measured choice when it drafts.
+TNOT) goes through `output_layer`, and `measured_output_kernel` puts the model's own forward (what
+transformers' `generate` calls) through it too, so the modes a benchmark compares share the same
+kernel; a joint head's decoder (a smaller vocabulary) gets its own measured choice when it drafts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -41,6 +43,30 @@ def output_layer(layer: torch.nn.Module, hidden: Tensor) -> Tensor:
     ):
         return _matmul(layer, hidden)
     return layer(hidden)
+
+
+@contextlib.contextmanager
+def measured_output_kernel(model) -> Iterator[None]:
+    """While open, the model's own output layer (called by its forward, so by transformers' `generate`)
+    runs on the kernel `output_layer` uses, so transformers' baselines in a benchmark are not timed on a
+    kernel tjdkit's modes avoid (on one 2-core CPU, nn.Linear took 2x the time for a few rows)."""
+    layer = model.get_output_embeddings()
+    if not isinstance(layer, torch.nn.Linear) or "forward" in vars(layer):
+        yield
+        return
+    own = layer.forward
+
+    def forward(hidden: Tensor) -> Tensor:
+        rows = hidden.reshape(-1, hidden.shape[-1])  # [B * T, D]
+        if hidden.device.type == "cpu" and rows.shape[0] <= MAX_ROWS and choose_kernel(layer) == "matmul":
+            return _matmul(layer, rows).reshape(*hidden.shape[:-1], -1)
+        return own(hidden)
+
+    layer.forward = forward
+    try:
+        yield
+    finally:
+        del layer.forward
 
 
 def _matmul(layer: torch.nn.Linear, hidden: Tensor) -> Tensor:
