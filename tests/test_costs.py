@@ -221,3 +221,31 @@ def test_plan_adds_alternatives_only_where_the_costs_pay_for_them():
     assert _plan(flat(), copy, 3, sure, reach, alternatives, True)[0] == "lookup"
     for kind in ("head", "tree"):  # ...but a kind already chosen is widened within that kind
         assert _plan(flat(), copy, 3, sure, reach, alternatives, True, kind=kind) == (kind, 4)
+
+
+def test_the_hybrid_plan_takes_a_plain_step_where_the_heads_drafting_does_not_pay():
+    """A forward of 4 tokens costs what one of 1 does (flat), but drafting costs 20 ms: a head whose first
+    draft holds 5% of the time loses to a plain step, one that holds 90% wins; only the hybrid drafter
+    may skip drafting ("head" drafts as asked)."""
+    from tjdkit.decoding.verify import _plan
+
+    weak, strong = [1.0, 0.05, 0.01, 0.0], [1.0, 0.9, 0.8, 0.7]
+    assert _plan(flat(), [], 3, weak, weak, [], False, 20.0, plain_ok=True) == ("none", 0)
+    assert _plan(flat(), [], 3, strong, strong, [], False, 20.0, plain_ok=True) == ("head", 0)
+    assert _plan(flat(), [], 3, weak, weak, [], False, 20.0) == ("head", 0)
+    assert _plan(flat(), [], 3, weak, weak, [], False, 0.0, plain_ok=True) == ("head", 0)  # free drafting: any chance pays
+
+
+def test_hybrid_verify_with_a_useless_head_takes_plain_steps_and_stays_greedy(monkeypatch):
+    """A head whose drafts never hold (an untrained one, on text without repeats for lookup): hybrid stops
+    paying for it once its measured acceptance says so, and the output is still greedy decoding's."""
+    from tests.test_decoding import weak_head
+
+    model, tokenizer = load_model("tiny-llama")
+    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.").input_ids])
+    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): steep()})
+    reference, _ = generate(model, ids, mode="ar", max_new_tokens=40)
+    tokens, stats = generate(model, ids, mode="verify", head=weak_head(model, "cp", horizon=4), max_new_tokens=40,
+                             drafter="hybrid")
+    assert tokens == reference
+    assert stats.offered.count(0) > len(stats.offered) // 2  # mostly plain steps: no drafts offered

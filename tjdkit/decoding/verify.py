@@ -87,7 +87,8 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
             copy = seen[match[1] : match[1] + limit]
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
         head_drafts = min(head.horizon - 1, room - 1) if can_draft else 0
-        plan, _ = _plan(costs, copy, head_drafts, lookup_rate.reach, head_rate.reach, [], tree_ok, draft_ms)
+        plan, _ = _plan(costs, copy, head_drafts, lookup_rate.reach, head_rate.reach, [], tree_ok, draft_ms,
+                        plain_ok=drafter == "hybrid")
         widen = tree_ok and MAX_ALTERNATIVES > 0 and plan in ("head", "tree")  # may the head's next-best join?
         branches: list[list[int]] = []  # the drafts after `token`: the copy first when there is one
         alternatives: list[list[int]] = []  # the head's branches from its next-best first drafts
@@ -187,11 +188,15 @@ def _alternatives(head, state, token: int, starts: list[int], drafts: int) -> li
 
 def _plan(costs, copy: list[int], head_drafts: int, lookup_reach: list[float], head_reach: list[float],
           alternative_rate: list[float], tree_ok: bool, draft_ms: float = 0.0,
-          kind: Optional[str] = None) -> tuple[str, int]:
+          kind: Optional[str] = None, plain_ok: bool = False) -> tuple[str, int]:
     """This step's drafts: ("lookup" | "head" | "tree" (both) | "none", how many of the head's next-best
     first drafts to add as branches), whichever promises the most tokens per millisecond under the
-    measured costs (tjdkit.decoding.costs), each alternative also costing one more row of head drafting
-    (`draft_ms`): the copy when there are no costs. `kind`: weigh that kind's widths only."""
+    measured costs (tjdkit.decoding.costs): the copy when there are no costs. The head's drafting costs
+    `draft_ms` (as timed in this generation) for its own row and one more per alternative, and a plain
+    step, no drafts at all, is an option where `plain_ok` (the hybrid drafter; "head" and "lookup" draft
+    as asked): a head whose drafts rarely hold does not pay for its drafting and a wider forward (the
+    general head on held-out code and prose cost verify 13-19% of its speed before). `kind`: weigh
+    that kind's widths only."""
     if not copy and not head_drafts:
         return "none", 0
     if costs is None:
@@ -206,14 +211,16 @@ def _plan(costs, copy: list[int], head_drafts: int, lookup_reach: list[float], h
         reach = [1.0] + [first * r / max(head_reach[1], 1e-9) for r in head_reach[1 : head_drafts + 1]]
         nodes = 1 + head_drafts * (1 + width)
         rows = 1 + head_drafts
-        head_ms = expected_output_ms(costs, reach, rows, best_first_chunk(costs, reach, rows)) + width * draft_ms
+        head_ms = expected_output_ms(costs, reach, rows, best_first_chunk(costs, reach, rows)) + (1 + width) * draft_ms
         if (width == 0 or tree_ok) and kind in (None, "head"):
             options[("head", width)] = expected_tokens(reach, head_drafts) / (costs.layers_ms(nodes) + head_ms)
         if copy and tree_ok and kind in (None, "tree"):  # the copy's tokens, plus the head's where the copy fails at its first draft
             tokens = expected_tokens(lookup_reach, len(copy)) + (1 - lookup_reach[1]) * (expected_tokens(reach, head_drafts) - 1)
             copy_ms = expected_output_ms(costs, lookup_reach, 1 + len(copy), best_first_chunk(costs, lookup_reach, 1 + len(copy)))
             options[("tree", width)] = tokens / (costs.layers_ms(nodes + len(copy)) + copy_ms + head_ms)
-    return max(options, key=options.get)  # a tie keeps the first: the copy, then fewer branches
+    if kind is None and plain_ok:
+        options[("none", 0)] = 1.0 / (costs.layers_ms(1) + costs.output_ms(1))  # the model's own token only
+    return max(options, key=options.get)  # a tie keeps the first: the copy, then fewer branches, then no drafts
 
 
 def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: list[int], eos, sampling: Sampling,
