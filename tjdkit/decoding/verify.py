@@ -195,7 +195,7 @@ def _plan(costs, copy: list[int], head_drafts: int, lookup_reach: list[float], h
     `draft_ms` (as timed in this generation) for its own row and one more per alternative, and a plain
     step, no drafts at all, is an option where `plain_ok` (the hybrid drafter; "head" and "lookup" draft
     as asked): a head whose drafts rarely hold does not pay for its drafting and a wider forward (the
-    general head on held-out code and prose cost verify 13-19% of its speed before). `kind`: weigh
+    general head on held-out code and prose cost verify 6-19% of its speed before). `kind`: weigh
     that kind's widths only."""
     if not copy and not head_drafts:
         return "none", 0

@@ -9,7 +9,7 @@ half their attention parameters for almost nothing while others break. So, per l
    (ShortlistDivergence), which predicted the held-out perplexity change of Gemma 3 270M's
    choice within 0.13 points where the trials' own perplexity change missed it by 3;
 2. choose one option per layer (dense, or a candidate) minimising the stored parameters
-   subject to the sum of the measured log-perplexity changes staying within log(1 + P): a
+   subject to the sum of the measured costs (KLs, or log-perplexity changes) staying within log(1 + P): a
    multiple-choice knapsack, solved exactly by dynamic programming over the budget in bins;
 3. factorise the chosen combination and measure it. Changes do not add up exactly, so when the
    measured total is over budget, the search runs again with a tighter budget (a few times), and
