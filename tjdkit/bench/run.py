@@ -304,16 +304,17 @@ def speedups(rows: dict[str, dict]) -> dict[str, str]:
     same for the decoding rate after the prompt, each over the plain mode that decoded faster."""
     baselines: dict[str, str] = {}
     for prefix, rate in RATES.items():
+        chosen: dict[str, str] = {}
         plain = [mode for mode in PLAIN if mode in rows and rate in rows[mode]]
         if plain:
-            baselines[f"{prefix}speedup"] = max(plain, key=lambda mode: rows[mode][rate])
+            chosen[f"{prefix}speedup"] = max(plain, key=lambda mode: rows[mode][rate])
         if rate in rows.get("lookup", {}):
-            baselines[f"{prefix}speedup_vs_lookup"] = "lookup"
-    for key, mode in baselines.items():
-        rate = RATES["decode_" if key.startswith("decode_") else ""]
-        base = rows[mode][rate]
-        for row in rows.values():
-            row[key] = row[rate] / base if base else 0.0
+            chosen[f"{prefix}speedup_vs_lookup"] = "lookup"
+        for key, mode in chosen.items():
+            base = rows[mode][rate]
+            for row in rows.values():
+                row[key] = row[rate] / base if base else 0.0
+        baselines.update(chosen)
     return baselines
 
 

@@ -172,11 +172,15 @@ class ShortlistPerplexity:
         self.size = int(vocab.numel())
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, ids: Tensor) -> float:
+    def shortlist_logits(self, model: nn.Module, ids: Tensor) -> Tensor:
+        """`model`'s logits over the shortlist at every position but the last: [n-1, U], soft-capped."""
         from tjdkit.decoding.forward import apply_soft_cap
 
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1].float()  # [n-1, D]
-        logits = apply_soft_cap(hidden @ self.weight.T, self.cap)  # [n-1, U]
+        return apply_soft_cap(hidden @ self.weight.T, self.cap)
+
+    def __call__(self, model: nn.Module, ids: Tensor) -> float:
+        logits = self.shortlist_logits(model, ids)  # [n-1, U]
         nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, self.target_index[:, None])[:, 0]
         return float(torch.exp(nll.double().mean()))
 
@@ -194,20 +198,12 @@ class ShortlistDivergence(ShortlistPerplexity):
 
     def __init__(self, model: nn.Module, ids: Tensor, k: int = 64, chunk: int = 128):
         super().__init__(model, ids, k, chunk)
-        self.dense_log_probs = self._log_probs(model, ids)  # [n-1, U]
+        self.dense_log_probs = torch.log_softmax(self.shortlist_logits(model, ids), dim=-1)  # [n-1, U]
         dense_nll = -self.dense_log_probs.gather(1, self.target_index[:, None])[:, 0]
         self.dense_nll = float(dense_nll.double().mean())
 
-    @torch.no_grad()
-    def _log_probs(self, model: nn.Module, ids: Tensor) -> Tensor:
-        from tjdkit.decoding.forward import apply_soft_cap
-
-        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1].float()  # [n-1, D]
-        return torch.log_softmax(apply_soft_cap(hidden @ self.weight.T, self.cap), dim=-1)  # [n-1, U]
-
-    @torch.no_grad()
     def __call__(self, model: nn.Module, ids: Tensor) -> float:
-        log_q = self._log_probs(model, ids)
+        log_q = torch.log_softmax(self.shortlist_logits(model, ids), dim=-1)
         kl = (self.dense_log_probs.exp() * (self.dense_log_probs - log_q)).sum(-1)  # [n-1]
         return math.exp(self.dense_nll + float(kl.double().mean()))
 

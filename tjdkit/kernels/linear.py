@@ -35,14 +35,17 @@ _chosen: dict[str, str] = {}  # this process's choices, by kernel_key
 
 def output_layer(layer: torch.nn.Module, hidden: Tensor) -> Tensor:
     """hidden [n, D] -> layer(hidden) [n, V] with the kernel measured fastest for this layer on this CPU."""
-    if (
+    return _matmul(layer, hidden) if _takes_matmul(layer, hidden) else layer(hidden)
+
+
+def _takes_matmul(layer: torch.nn.Module, hidden: Tensor) -> bool:
+    """Whether these rows [n, D] go through `weight @ h^T`: a Linear on the CPU, few rows, measured faster."""
+    return (
         isinstance(layer, torch.nn.Linear)
         and hidden.device.type == "cpu"
         and hidden.shape[0] <= MAX_ROWS
         and choose_kernel(layer) == "matmul"
-    ):
-        return _matmul(layer, hidden)
-    return layer(hidden)
+    )
 
 
 @contextlib.contextmanager
@@ -58,9 +61,9 @@ def measured_output_kernel(model) -> Iterator[None]:
 
     def forward(hidden: Tensor) -> Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])  # [B * T, D]
-        if hidden.device.type == "cpu" and rows.shape[0] <= MAX_ROWS and choose_kernel(layer) == "matmul":
+        if _takes_matmul(layer, rows):
             return _matmul(layer, rows).reshape(*hidden.shape[:-1], -1)
-        return own(hidden)
+        return own(hidden)  # not output_layer: layer(hidden) would call this forward again
 
     layer.forward = forward
     try:
