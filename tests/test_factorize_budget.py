@@ -210,7 +210,8 @@ def test_shortlist_divergence_is_the_kl_from_the_dense_model(tiny):
 
     model, tokenizer = tiny
     ids = calibration_ids(TEXT, tokenizer, 128)
-    score = ShortlistDivergence(model, ids, k=model.config.vocab_size)
+    score = ShortlistDivergence(model, ids, k=model.config.vocab_size, bound=False)
+    bound = ShortlistDivergence(model, ids, k=model.config.vocab_size)
     dense = score(model, ids)
     assert dense == pytest.approx(perplexity(model, ids), rel=1e-5)
     trial = copy.deepcopy(model)
@@ -226,3 +227,11 @@ def test_shortlist_divergence_is_the_kl_from_the_dense_model(tiny):
     kl = float((p.exp() * (p - q)).sum(-1).mean())
     assert kl > 0
     assert math.log(score(trial, ids) / dense) == pytest.approx(kl, rel=1e-4)
+    # the bound: the mean plus t(0.95, 7) standard errors of 8 contiguous blocks' means
+    per_position = (p.exp() * (p - q)).sum(-1).double()
+    size = per_position.numel() // 8
+    blocks = torch.stack([per_position[b * size : (b + 1) * size].mean() for b in range(8)])
+    expected = kl + 1.895 * float(blocks.std()) / math.sqrt(8)
+    assert expected > kl
+    assert math.log(bound(trial, ids) / dense) == pytest.approx(expected, rel=1e-4)
+    assert bound(model, ids) == pytest.approx(dense, rel=1e-6)  # the dense model moves nothing: no spread

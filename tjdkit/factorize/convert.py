@@ -241,7 +241,7 @@ def _search_budget(model, layers, searched, options, calibration, calibration_te
         "curves": {
             str(index): [
                 {"ranks": None if o.ranks is None else list(o.ranks), "parameters": o.parameters,
-                 "predicted_increase": math.expm1(o.log_ppl_increase)}  # exp(KL from the dense model) - 1
+                 "increase_bound": math.expm1(o.log_ppl_increase)}  # exp(95% upper bound of the KL from the dense model) - 1
                 for o in curve.options
             ]
             for index, curve in choice.curves.items()
