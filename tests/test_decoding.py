@@ -590,6 +590,8 @@ def test_lookup_drafts_follow_the_prompt_lookup_rule():
         tokens = torch.randint(0, 4, (int(torch.randint(1, 14, (1,), generator=rng)),), generator=rng).tolist()
         limit = int(torch.randint(1, 6, (1,), generator=rng))
         assert lookup_drafts(tokens, limit) == brute_force_lookup(tokens, limit), tokens
+        for max_ngram in (1, 3, 4):  # verify's own copies match longer tails by the same rule
+            assert lookup_drafts(tokens, limit, max_ngram) == brute_force_lookup(tokens, limit, max_ngram), (tokens, max_ngram)
     assert lookup_drafts([5, 6, 7, 5, 6], 10) == [7, 5, 6] and lookup_drafts([1, 2, 3], 10) == []
     assert lookup_drafts([1, 2, 1, 2], 0) == []
 

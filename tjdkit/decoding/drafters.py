@@ -11,6 +11,7 @@ from __future__ import annotations
 DRAFTERS = ("hybrid", "head", "lookup")  # hybrid: lookup where the context repeats, the head elsewhere
 LOOKUP_NGRAM = 2  # transformers' default max_matching_ngram_size
 LOOKUP_TOKENS = 10  # transformers' documented default for prompt_lookup_num_tokens (bench's `lookup` baseline)
+VERIFY_NGRAM = 4  # verify's own copies match tails of up to 4 tokens (held-out prose: +5-10% tokens per forward over 2; chat and code level)
 MAX_LOOKUP_TOKENS = 31  # verify's own lookup drafts: up to this many, as the measured forward costs say pay
 
 

@@ -4,11 +4,12 @@ its logits verify the drafts and its hidden states feed the next draft.
 Drafts come from the joint head or from prompt lookup (tjdkit.decoding.drafters). The head
 drafts from the hidden state that predicted x, *conditioned on x* (`head.draft(first=x)`):
 its first position is already decided by the verifier, so a head of horizon H offers H-1
-drafts. Lookup offers the tokens that followed the context's last n-gram where it occurred
-before, as many as pay on this machine: the length that maximises expected tokens per second
-under the measured costs of the layers and of the output layer, and the acceptance seen so far
-at each draft position, kept apart for 1- and 2-token matches (tjdkit.decoding.costs). The output layer runs lazily, in chunks, on
-the rows acceptance reaches: on a large vocabulary it costs more than the layers, and the rows
+drafts. Lookup offers the tokens that followed the context's last n-gram (the longest, up to 4
+tokens) where it first occurred before, as many as pay on this machine: the length that
+maximises expected tokens per second under the measured costs of the layers and of the output
+layer, and the acceptance seen so far at each draft position, kept apart for 1-token and longer
+matches (tjdkit.decoding.costs). The output layer runs lazily, in chunks, on the rows
+acceptance reaches: on a large vocabulary it costs more than the layers, and the rows
 after the first rejected draft are never read.
 
 Each step chooses, by the same measure (each drafter's acceptance in this generation so far,
@@ -42,7 +43,7 @@ from tjdkit.decoding.costs import (
     expected_tokens,
     forward_costs,
 )
-from tjdkit.decoding.drafters import LOOKUP_NGRAM, MAX_LOOKUP_TOKENS, lookup_match
+from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, VERIFY_NGRAM, lookup_match
 from tjdkit.decoding.forward import LazyLogits, hidden_states, new_cache, next_hidden, output_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 from tjdkit.decoding.tree import TokenTree, branch_match, tree_supported, verify_tree
@@ -61,9 +62,9 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     head_usable = drafter != "lookup" and head is not None and head.horizon > 1
     tree_ok = sampling.greedy and tree_supported(model, cache)  # several branches in one forward (greedy)
     costs = forward_costs(model) if drafter != "head" or tree_ok else None  # ms of the layers and the output layer
-    # how far lookup's copies hold up in this generation, by draft position, apart for 1- and 2-token matches
-    lookup_rates = {n: AcceptanceProfile() for n in range(1, LOOKUP_NGRAM + 1)}
-    lookup_rate = lookup_rates[LOOKUP_NGRAM]
+    # how far lookup's copies hold up in this generation, by draft position, apart for 1-token and longer matches
+    lookup_rates = {1: AcceptanceProfile(), 2: AcceptanceProfile()}  # 1-token matches; 2 or more (one profile learns faster)
+    lookup_rate = lookup_rates[2]
     head_rate = AcceptanceProfile()  # the head's greedy drafts
     alternative_tries = [[0, 0] for _ in range(MAX_ALTERNATIVES)]  # the head's k-th next-best: [held, tried]
     draft_ms = 0.0  # the head's drafting time for one row, as timed in this generation: each alternative adds one
@@ -80,9 +81,9 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         first = torch.tensor([token], device=device)
         copy: list[int] = []
         seen = context + out
-        match = lookup_match(seen) if drafter != "head" and room > 1 else None
+        match = lookup_match(seen, VERIFY_NGRAM) if drafter != "head" and room > 1 else None
         if match:
-            lookup_rate = lookup_rates[match[0]]
+            lookup_rate = lookup_rates[min(match[0], 2)]
             limit = best_draft_length(costs, lookup_rate.reach, min(MAX_LOOKUP_TOKENS, room - 1))
             copy = seen[match[1] : match[1] + limit]
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
