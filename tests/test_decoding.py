@@ -596,6 +596,27 @@ def test_lookup_drafts_follow_the_prompt_lookup_rule():
     assert lookup_drafts([1, 2, 1, 2], 0) == []
 
 
+def test_tail_index_matches_the_lookup_rule_as_the_sequence_grows():
+    """verify's incremental index answers what a scan of the whole sequence answers, at every length."""
+    from tjdkit.decoding.drafters import TailIndex, lookup_match
+
+    rng = torch.Generator().manual_seed(1)
+    for max_ngram in (1, 2, 4):
+        for _ in range(40):
+            tokens = torch.randint(0, 3, (int(torch.randint(1, 40, (1,), generator=rng)),), generator=rng).tolist()
+            prompt = int(torch.randint(1, len(tokens) + 1, (1,), generator=rng))
+            index = TailIndex(max_ngram, tokens[:prompt])
+            at = prompt
+            while True:
+                assert index.tokens == tokens[:at]
+                assert index.match() == lookup_match(tokens[:at], max_ngram), (tokens[:at], max_ngram)
+                if at == len(tokens):
+                    break
+                step = int(torch.randint(1, 5, (1,), generator=rng))  # accepted drafts arrive several at a time
+                index.extend(tokens[at : at + step])
+                at = min(at + step, len(tokens))
+
+
 def repeating_prompt(model, tokenizer, text="The quick brown fox jumps over the lazy dog."):
     """The prompt, the model's own greedy continuation, then the prompt again: lookup has something to copy."""
     ids = prompt(tokenizer, text)

@@ -33,3 +33,35 @@ def lookup_match(tokens: list[int], max_ngram: int = LOOKUP_NGRAM) -> tuple[int,
             if tokens[start : start + n] == tail:
                 return n, start + n  # start + n < length: a token always follows
     return None
+
+
+class TailIndex:
+    """`lookup_match` on a sequence that only grows, without scanning it: the first occurrence of
+    every n-gram (n <= max_ngram) is kept as tokens arrive, so a step's lookup costs max_ngram
+    dictionary reads instead of a scan of the whole context (on a 3300-token chat prompt the scan
+    for 4-grams took 2 ms, a few percent of a verify step)."""
+
+    def __init__(self, max_ngram: int = LOOKUP_NGRAM, tokens: list[int] = ()):
+        self.max_ngram = max_ngram
+        self.tokens: list[int] = []
+        self.first: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_ngram + 1)]  # [n]: n-gram -> first start
+        self.extend(tokens)
+
+    def extend(self, tokens) -> None:
+        start = len(self.tokens)
+        self.tokens.extend(tokens)
+        for n in range(1, self.max_ngram + 1):
+            first = self.first[n]
+            low = max(start - n + 1, 0)  # the n-grams that end at a new token start here
+            window = self.tokens[low:]
+            for offset, gram in enumerate(zip(*(window[i:] for i in range(n)))):
+                first.setdefault(gram, low + offset)  # earlier starts come first: the first occurrence stays
+
+    def match(self) -> tuple[int, int] | None:
+        """What `lookup_match(self.tokens, self.max_ngram)` returns."""
+        length = len(self.tokens)
+        for n in range(min(self.max_ngram, length - 1), 0, -1):
+            start = self.first[n].get(tuple(self.tokens[length - n :]))
+            if start is not None and start < length - n:  # an earlier occurrence than the tail itself
+                return n, start + n
+        return None

@@ -43,7 +43,7 @@ from tjdkit.decoding.costs import (
     expected_tokens,
     forward_costs,
 )
-from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, VERIFY_NGRAM, lookup_match
+from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, VERIFY_NGRAM, TailIndex
 from tjdkit.decoding.forward import LazyLogits, hidden_states, new_cache, next_hidden, output_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 from tjdkit.decoding.tree import TokenTree, branch_match, tree_supported, verify_tree
@@ -57,7 +57,7 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     """Speculative decoding: one forward per step verifies the last drafts and feeds the next.
     drafter: "head", "lookup", or "hybrid" (per step: the copy, the head's drafts, or both as a tree)."""
     device = ids.device
-    context = ids[0].tolist()  # the prompt, then every chosen token: what lookup searches
+    seen = TailIndex(VERIFY_NGRAM, ids[0].tolist())  # the prompt, then every chosen token: what lookup searches
     cache = new_cache(model)
     head_usable = drafter != "lookup" and head is not None and head.horizon > 1
     tree_ok = sampling.greedy and tree_supported(model, cache)  # several branches in one forward (greedy)
@@ -74,18 +74,18 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     cache.activate_past_recording()  # after the prefill: sliding-window layers keep what a rollback needs
     token = sampling.pick(sampling.penalise(logits[-1], ids[0]), generator)  # the first new token, the model's own
     out = [token]
+    seen.extend(out)
     emit([token])
 
     while token not in eos and len(out) < max_new_tokens:
         room = max_new_tokens - len(out)  # tokens this step may add: accepted drafts + the model's own
         first = torch.tensor([token], device=device)
         copy: list[int] = []
-        seen = context + out
-        match = lookup_match(seen, VERIFY_NGRAM) if drafter != "head" and room > 1 else None
+        match = seen.match() if drafter != "head" and room > 1 else None
         if match:
             lookup_rate = lookup_rates[min(match[0], 2)]
             limit = best_draft_length(costs, lookup_rate.reach, min(MAX_LOOKUP_TOKENS, room - 1))
-            copy = seen[match[1] : match[1] + limit]
+            copy = seen.tokens[match[1] : match[1] + limit]
         can_draft = head_usable and room > 1 and bool(head.in_vocab(first).all())
         head_drafts = min(head.horizon - 1, room - 1) if can_draft else 0
         plan, _ = _plan(costs, copy, head_drafts, lookup_rate.reach, head_rate.reach, [], tree_ok, draft_ms,
@@ -159,6 +159,7 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
         stats.forwards += 1
         stats.accepted.append(accepted)
         out += new
+        seen.extend(new)
         emit(new)
         token = new[-1]
     return out
