@@ -132,6 +132,8 @@ def test_nothing_fits_when_every_change_costs_more_than_the_budget(tiny):
     choice = search_ranks(model, layers, range(len(layers)), {}, ids, 0.05, costly)
     assert not choice.fits and choice.perplexity == choice.dense_perplexity
     torch.testing.assert_close(model(ids).logits, before)  # left as it was
+    # the lightest size of each layer is already over the budget alone: no heavier one is tried
+    assert all(len(curve.options) == 2 for curve in choice.curves.values())
 
 
 def test_a_combination_over_budget_is_tightened_until_it_fits(tiny):
@@ -152,6 +154,8 @@ def test_a_combination_over_budget_is_tightened_until_it_fits(tiny):
     chosen = sum(r is not None for r in choice.ranks.values())
     assert choice.attempts > 1 and chosen == 1, (choice.attempts, choice.ranks)
     assert choice.increase <= 0.025
+    sizes = max(len(curve.options) for curve in choice.curves.values())
+    assert sizes > 2 and all(len(curve.options) == sizes for curve in choice.curves.values())  # 1% each: every size tried
 
 
 def test_energy_rank_keeps_the_old_rule(tiny):
