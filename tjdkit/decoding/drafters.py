@@ -41,7 +41,7 @@ class TailIndex:
     dictionary reads instead of a scan of the whole context (on a 3300-token chat prompt the scan
     for 4-grams took 2 ms, a few percent of a verify step)."""
 
-    def __init__(self, max_ngram: int = LOOKUP_NGRAM, tokens: list[int] = ()):
+    def __init__(self, max_ngram: int = LOOKUP_NGRAM, tokens=()):
         self.max_ngram = max_ngram
         self.tokens: list[int] = []
         self.first: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_ngram + 1)]  # [n]: n-gram -> first start

@@ -50,6 +50,8 @@ CANDIDATE_FACTORS = (1.05, 1.1, 1.2, 1.5, 2.0, 3.0)
 BUDGET_BINS = 400  # the knapsack's resolution: 1/400 of the budget
 RETRIES = 4  # tighter budgets tried when a combination measures over budget
 TIGHTEN = 0.6
+BLOCKS = 8  # contiguous blocks of positions whose mean KLs give the bound's spread
+T_95 = 1.895  # one-sided 95% quantile of Student's t with BLOCKS - 1 = 7 degrees of freedom
 
 
 @dataclass
@@ -217,10 +219,6 @@ class ShortlistDivergence(ShortlistPerplexity):
         log_q = torch.log_softmax(self.shortlist_logits(model, ids), dim=-1)
         kl = (self.dense_log_probs.exp() * (self.dense_log_probs - log_q)).sum(-1).double()  # [n-1]
         return math.exp(self.dense_nll + (kl_upper_bound(kl) if self.bound else float(kl.mean())))
-
-
-BLOCKS = 8  # contiguous blocks of positions whose mean KLs give the bound's spread
-T_95 = 1.895  # one-sided 95% quantile of Student's t with BLOCKS - 1 = 7 degrees of freedom
 
 
 def kl_upper_bound(kl: Tensor) -> float:
