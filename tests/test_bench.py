@@ -133,6 +133,20 @@ def test_bench_with_a_given_run(run_cli, tmp_path):
     assert result["model"] == "tiny-llama" and result["head"]["run_dir"] == str(run_dir)
     assert result["parity"] is True and result["outputs"]["verify"] == result["outputs"]["ar"]
 
+    # one fast format alone (its output layer is a quantised Linear, with no weight tensor) and no `ar`:
+    # parity is taken against transformers' greedy; with no plain mode at all it is null, never true
+    code, out, err = run_cli("bench", "--head-dir", str(run_dir), "--prompts", "1", "--max-new-tokens", "6",
+                             "--modes", "hf,verify", "--dtype", "fp16-weights", "--json", str(tmp_path / "c.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["dtype"] == "fp16-weights" and result["parity_reference"] == "hf" and result["parity"] is True
+    assert result["outputs"]["verify"] == result["outputs"]["hf"] and "identical to hf" in out
+    code, out, err = run_cli("bench", "--head-dir", str(run_dir), "--prompts", "1", "--max-new-tokens", "6",
+                             "--modes", "verify,draft", "--json", str(tmp_path / "d.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["parity"] is None and "parity_by_mode" in result and "parity not checked" in " ".join(out.split())
+
 
 def test_head_cache_names_are_one_safe_directory(tmp_path, monkeypatch):
     from tjdkit.bench import head_cache_dir

@@ -273,12 +273,15 @@ def run_bench(
 
 
 def _format_result(tokenizer, runs: dict[str, list[Run]], horizon: int) -> dict:
-    """One weight format's rows, baselines, parity against its own `ar`, and per-prompt numbers."""
+    """One weight format's rows, baselines, parity against its own plain decoding (`ar`, else `hf`),
+    and per-prompt numbers."""
     modes = list(runs)
     result: dict = {"modes": {mode: _summary(mode, runs[mode], horizon) for mode in modes}}
     result["baselines"] = speedups(result["modes"])
-    if "ar" in runs:
-        result["parity"] = _parity(tokenizer, runs)
+    reference = next((mode for mode in PLAIN if mode in runs), None)
+    if reference is not None and len(runs) > 1:
+        result["parity"] = _parity(tokenizer, runs, reference)
+        result["parity_reference"] = reference
     count = len(runs[modes[0]])
     result["per_prompt"] = [
         {mode: {"tokens": len(runs[mode][i].tokens), "seconds": runs[mode][i].seconds,
@@ -318,20 +321,21 @@ def speedups(rows: dict[str, dict]) -> dict[str, str]:
     return baselines
 
 
-def _parity(tokenizer, runs: dict[str, list[Run]]) -> dict:
-    """Per mode: do its outputs equal `ar`'s, prompt by prompt? Lossless modes must; draft need not."""
+def _parity(tokenizer, runs: dict[str, list[Run]], reference_mode: str) -> dict:
+    """Per mode: do its outputs equal the plain `reference_mode`'s, prompt by prompt? Lossless modes
+    must; draft need not."""
     parity: dict = {}
     for mode, mode_runs in runs.items():
-        if mode == "ar":
+        if mode == reference_mode:
             continue
         diffs = []
-        for index, (ours, reference) in enumerate(zip(mode_runs, runs["ar"])):
+        for index, (ours, reference) in enumerate(zip(mode_runs, runs[reference_mode])):
             if ours.tokens != reference.tokens:
                 at = _first_difference(ours.tokens, reference.tokens)
                 diffs.append({
                     "prompt": index,
                     "first_difference": at,
-                    "ar": tokenizer.decode(reference.tokens[max(at - 8, 0) : at + 8]),
+                    reference_mode: tokenizer.decode(reference.tokens[max(at - 8, 0) : at + 8]),
                     mode: tokenizer.decode(ours.tokens[max(at - 8, 0) : at + 8]),
                 })
         parity[mode] = {

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES
+from tjdkit.bench.modes import BENCH_MODES, DEFAULT_MODES, PLAIN
 from tjdkit.cli.common import (
     JsonOpt,
     SeedOpt,
@@ -171,10 +171,14 @@ def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, train
         out.print(line)
     parity = {f"{dtype_name} {mode}": row for dtype_name, dtype_result in by_dtype.items()
               for mode, row in dtype_result.get("parity", {}).items()}
-    lossless_ok = all(p["identical"] for p in parity.values() if p["lossless"])
+    lossless_ok = all(p["identical"] for p in parity.values() if p["lossless"]) if parity else None
     if parity:
-        verdict = "[green]all lossless modes identical to ar[/]" if lossless_ok else "[red]a lossless mode differs from ar[/]"
+        reference = " / ".join(sorted({r.get("parity_reference", "ar") for r in by_dtype.values() if r.get("parity")}))
+        verdict = (f"[green]all lossless modes identical to {reference}[/]" if lossless_ok
+                   else f"[red]a lossless mode differs from {reference}[/]")
         out.print(verdict)
+    elif any(mode not in PLAIN for mode in result.get("modes", {})):
+        out.print("[yellow]parity not checked: add ar or hf to --modes to compare the outputs with plain greedy decoding[/]")
     if plot is not None:
         save_plot(result, plot, title(env['dtype']))
         stderr().print(f"[dim]wrote {plot}[/]")
@@ -192,7 +196,7 @@ def _run_and_report(model, variants, tokenizer, head, model_name, run_dir, train
         "decoding": "greedy",
         "drafter": drafter,  # verify's drafts
         "environment": env,
-        "parity": lossless_ok,  # in every weight format, every lossless mode's output identical to its ar's on every prompt
+        "parity": lossless_ok,  # every lossless mode's output identical to plain greedy's (ar, else hf) in its format; None: not checked
         **{key: value for key, value in result.items() if key != "parity"},
         "parity_by_mode": result.get("parity", {}),
         "settings": resolved,

@@ -297,10 +297,18 @@ def load_pretrained(directory: Path, root: type, expect: type | None = None):
     return head.eval()
 
 
+def output_size(model) -> tuple[int, int]:
+    """(vocabulary, hidden size) of the model's output layer in any weight format: a quantised
+    Linear (fp16-weights) has no weight tensor, only the sizes."""
+    layer = model.get_output_embeddings()
+    if isinstance(getattr(layer, "out_features", None), int) and isinstance(getattr(layer, "in_features", None), int):
+        return layer.out_features, layer.in_features
+    return int(layer.weight.shape[0]), int(layer.weight.shape[1])
+
+
 def check_fits(head, model, model_name: str | None = None) -> None:
     """One clear line when `head` was made for a model of another hidden or vocabulary size than `model`."""
-    weight = model.get_output_embeddings().weight
-    vocab, hidden = int(weight.shape[0]), int(weight.shape[1])
+    vocab, hidden = output_size(model)
     if (vocab, hidden) != (head.vocab_size, head.hidden_size):
         base = (getattr(head, "hub_info", None) or {}).get("base_model")
         made_for = f" (base model {base})" if base else ""

@@ -39,6 +39,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from tjdkit.errors import TjdkitError
+from tjdkit.heads.hub import output_size
 from tjdkit.tjd.backbone import LanguageModel
 
 
@@ -252,8 +253,8 @@ class TransformersTJD(TJD):
     """
 
     def __init__(self, model, **options: Any):
-        weight = model.get_output_embeddings().weight
-        super().__init__(n_embd=int(weight.shape[1]), vocab_size=int(weight.shape[0]), model_kwargs={"model": model}, **options)
+        vocab, hidden = output_size(model)
+        super().__init__(n_embd=hidden, vocab_size=vocab, model_kwargs={"model": model}, **options)
         self.head.to(model.device)
 
     @classmethod

@@ -28,14 +28,16 @@ def bench_table(result: dict, title: str) -> Table:
         notes += f" · x {baselines['speedup']}: tok/s over the fastest plain decoding in this run"
     notes += " · decode: the tokens after the first, over the time after the prompt's forward (which every mode pays alike)"
     table = Table(title=title, caption=notes)
+    reference = result.get("parity_reference")
     for column in ("mode", "tok/s", *(name for _, name in ratios), "s/prompt", "prefill s/prompt", "decode tok/s",
-                   *(name for _, name in decode_ratios), "tok/fwd", "tau", "accepted by position", "peak MB", "= ar"):
+                   *(name for _, name in decode_ratios), "tok/fwd", "tau", "accepted by position", "peak MB",
+                   f"= {reference}" if reference else "parity"):
         table.add_column(column, justify="left" if column in ("mode", "accepted by position") else "right")
     parity = result.get("parity", {})
     prompts = len(result["per_prompt"])
     for mode, row in result["modes"].items():
         same = parity.get(mode)
-        if mode == "ar":
+        if same is None:  # the reference itself, or no plain mode ran to compare with
             same_text = "-"
         elif same["identical"]:
             same_text = "[green]identical[/]"
@@ -62,14 +64,15 @@ def bench_table(result: dict, title: str) -> Table:
 
 
 def parity_lines(result: dict) -> list[str]:
-    """One line per mode whose output differs from ar: where, and the two texts there."""
+    """One line per mode whose output differs from the plain reference (ar, else hf): where, and the two texts there."""
     lines = []
+    reference = result.get("parity_reference", "ar")
     for mode, parity in result.get("parity", {}).items():
         for diff in parity["diffs"][:3]:
             kind = "[red]NOT lossless[/]" if parity["lossless"] else "[dim]lossy, expected[/]"
             lines.append(
-                f"{mode} differs from ar on prompt {diff['prompt']} at token {diff['first_difference']} ({kind}): "
-                f"ar {diff['ar']!r} vs {mode} {diff[mode]!r}"
+                f"{mode} differs from {reference} on prompt {diff['prompt']} at token {diff['first_difference']} ({kind}): "
+                f"{reference} {diff[reference]!r} vs {mode} {diff[mode]!r}"
             )
     return lines
 
