@@ -28,6 +28,7 @@ from tjdkit.training.loop import EventCallback, epoch_order, lr_factor, read_res
 from tjdkit.recipes import dump_recipe
 from tjdkit.training.runs import save_checkpoint
 from tjdkit.heads.windows import last_hidden, make_windows, window_loss
+from tjdkit.heads.hub import output_size
 from tjdkit.models.quantize import refuse_quantized
 
 # -- the head on its model --------------------------------------------------------------
@@ -37,7 +38,7 @@ def build_run_head(recipe: TrainRecipe, model, vocab_ids: Optional[torch.Tensor]
     from tjdkit.heads import build_head
 
     h = recipe.head
-    hidden_size, vocab_size = model.get_output_embeddings().weight.shape[1], model.get_output_embeddings().weight.shape[0]
+    vocab_size, hidden_size = output_size(model)
     lm_head = model.get_output_embeddings().weight.detach().float() if h.init_from_lm_head else None
     if lm_head is not None and (h.embedding_dim or hidden_size) != hidden_size:
         lm_head = None
@@ -192,7 +193,7 @@ def train(
         eval_examples = self_distill(writer, tokenizer, eval_examples, batch, store=store, **distill)
         del writer
     vocab_ids = None
-    vocab_size = model.get_output_embeddings().weight.shape[0]
+    vocab_size, _ = output_size(model)
     if recipe.head.draft_vocab and recipe.head.draft_vocab < vocab_size:  # else: the whole vocabulary
         vocab_ids = frequent_token_ids(train_examples, recipe.head.draft_vocab, [tokenizer.eos_token_id])
     head = build_run_head(recipe, model, vocab_ids).to(model.device)
