@@ -266,3 +266,14 @@ def test_examples_start_with_exactly_one_bos(dataset):
     for example in examples:
         assert example.input_ids[0] == tokenizer.bos_token_id != example.input_ids[1]
         assert 0 < example.prompt_length <= len(example.input_ids) <= 64
+
+
+def test_an_eval_set_the_draft_vocabulary_cannot_score_trains_without_a_crash(tmp_path):
+    """Few examples make a small draft vocabulary: no eval window may lie wholly inside it. The eval
+    NLL is then infinite (no best checkpoint), not a traceback."""
+    model, tokenizer = load_model("tiny-llama")
+    head = build_head("cp", hidden_size=64, vocab_size=len(tokenizer), rank=2, horizon=2, draft_vocab=torch.tensor([5, 6]))
+    examples = load_examples(recipe().data, tokenizer, "eval")
+    assert evaluate_nll(model, head, examples, 8, tokenizer.pad_token_id) == (float("inf"), float("inf"))
+    result = train(recipe(head={"draft_vocab": 2}, data={"train_size": 4, "eval_size": 4}, train={"max_steps": 2}), tmp_path / "run", model, tokenizer)
+    assert result.steps == 2 and (tmp_path / "run" / "last").is_dir()

@@ -17,6 +17,8 @@ def evaluate_nll(model, head, examples, batch_size: int, pad_id: int) -> tuple[O
 
     Without a head (a plain model) only the base NLL is computed, over single tokens.
     """
+    import math
+
     import torch
 
     from tjdkit.data.examples import collate
@@ -31,12 +33,14 @@ def evaluate_nll(model, head, examples, batch_size: int, pad_id: int) -> tuple[O
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=head is not None)
             windows = make_windows(ids, mask, horizon, first)
             keep = head.in_vocab(windows.targets).all(dim=1) if head is not None else torch.ones_like(windows.batch, dtype=torch.bool)
-            if head is not None:
+            if head is not None and keep.any():  # the heads' reshapes need at least one window
                 head_total += -head.log_prob(window_hidden(out, windows)[keep], windows.targets[keep]).sum().item()
             base_total += base_window_nll(out.logits, windows)[keep].sum().item()
             count += int(keep.sum()) * horizon
-    head_nll = head_total / max(count, 1) if head is not None else None
-    return head_nll, base_total / max(count, 1)
+    if count == 0:  # no window whose targets are all in the head's draft vocabulary (tiny data): nothing scored
+        return (math.inf if head is not None else None), math.inf
+    head_nll = head_total / count if head is not None else None
+    return head_nll, base_total / count
 
 
 def evaluate(
