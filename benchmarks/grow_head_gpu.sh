@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Grow the general chat head on a GPU and measure it there: what benchmarks/README.md reports as
-# "the head grown on a GPU". On 2 CPU cores generating ~10k replies takes days; on one GPU, minutes.
+# "the head grown on a GPU". On 2 CPU cores its ~10k replies would take 8-10 hours to generate (extrapolated from
+# the default head's 252); on one H200 the whole run takes 4.4 min.
 #
 #   bash benchmarks/grow_head_gpu.sh RUNS_DIR
 #
