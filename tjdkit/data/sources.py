@@ -23,6 +23,13 @@ def dataset_splits(name: str) -> tuple[str, ...]:
     return tuple(importlib.import_module(f"tjdkit.data.{name}").SPLITS)
 
 
+def split_version(name: str) -> int:
+    """Bumped when a dataset's splits change, so what was trained or cached on the old ones is not reused."""
+    if name not in DATASETS:
+        raise TjdkitError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+    return int(getattr(importlib.import_module(f"tjdkit.data.{name}"), "SPLIT_VERSION", 1))
+
+
 def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None) -> list[dict]:
     """Rows of one split; `tokenizer` renders chat data with its template (the others ignore it)."""
     check_split(name, split, dataset_splits(name))
