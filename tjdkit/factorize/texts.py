@@ -23,11 +23,15 @@ _LOGIT_CHUNK = 256  # rows of [n, vocab] logits at a time: 262k-word vocabularie
 
 
 def _rows_text(dataset: str, split: str, tokens: int) -> str:
-    """Rows of `split` joined until the text surely holds `tokens` tokens (~4 characters each)."""
+    """Rows of `split` joined until the text surely holds `tokens` tokens (~4 characters each).
+
+    The ladder reaches the whole split, so healing on a GPU can take millions of tokens (ShareGPT's
+    train split: 11k conversations, 65M characters); small requests still read a few rows.
+    """
     from tjdkit.data.sources import dataset_rows
 
     texts = []
-    for size in (8, 64, 512):
+    for size in (8, 64, 512, 4096, None):
         texts = [row["text"] for row in dataset_rows(dataset, split, size=size, seed=0)]
         chars = sum(len(text) for text in texts)
         if chars >= 8 * tokens:
