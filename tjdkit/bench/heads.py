@@ -19,10 +19,9 @@ def head_cache_dir(model: str, head: str, rank: int, horizon: int, dataset: str)
     import hashlib
     import re
 
+    from tjdkit.data.sources import split_version
     from tjdkit.models.cache import cache_root
     from tjdkit.recipes import dump_recipe
-
-    from tjdkit.data.sources import split_version
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model"
     keyed = dump_recipe(bench_recipe(dataset, model, head, rank, horizon))
