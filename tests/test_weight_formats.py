@@ -35,6 +35,28 @@ def test_fp16_weights_are_close_to_float32_and_decode_losslessly_inside_the_form
         assert tokens == reference, (mode, drafter)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_fp16_weights_are_torchs_dynamic_fp16_quantisation_exactly(models, name):
+    """quantize_weights packs each weight once; torch's quantize_dynamic is the truth it must equal."""
+    import copy
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    model, tokenizer = models[name]
+    ours = quantize_weights(copy.deepcopy(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torchs = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.float16)
+    assert [type(m) for m in ours.modules()] == [type(m) for m in torchs.modules()]
+    assert [repr(m) for m in ours.modules() if "Quantized" in type(m).__name__] == \
+        [repr(m) for m in torchs.modules() if "Quantized" in type(m).__name__]
+    ids = prompt(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, torchs(ids).logits)
+    assert not ours.training
+
+
 def test_bfloat16_copy_decodes_losslessly_inside_bfloat16(models):
     model, tokenizer = models["tiny-gemma3"]
     low = weights_copy(model, "bfloat16")
