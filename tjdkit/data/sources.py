@@ -16,18 +16,20 @@ from tjdkit.errors import TjdkitError
 DATASETS = ("stemp", "sharegpt", "gsm8k", "smiles", "capitals")
 
 
-def dataset_splits(name: str) -> tuple[str, ...]:
-    """The splits a dataset offers."""
+def _dataset_module(name: str):
     if name not in DATASETS:
         raise TjdkitError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
-    return tuple(importlib.import_module(f"tjdkit.data.{name}").SPLITS)
+    return importlib.import_module(f"tjdkit.data.{name}")
+
+
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The splits a dataset offers."""
+    return tuple(_dataset_module(name).SPLITS)
 
 
 def split_version(name: str) -> int:
     """Bumped when a dataset's splits change, so what was trained or cached on the old ones is not reused."""
-    if name not in DATASETS:
-        raise TjdkitError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
-    return int(getattr(importlib.import_module(f"tjdkit.data.{name}"), "SPLIT_VERSION", 1))
+    return int(getattr(_dataset_module(name), "SPLIT_VERSION", 1))
 
 
 def dataset_rows(name: str, split: str, size: Optional[int] = None, seed: int = 0, tokenizer=None) -> list[dict]:
