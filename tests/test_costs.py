@@ -16,6 +16,11 @@ def fresh_curves(monkeypatch):
     monkeypatch.setattr(costs, "_costs", {})
 
 
+def pinned(model, table: costs.ForwardCosts) -> dict:
+    """The process's curves with `table` for the model, whether a step reads logits or only argmaxes."""
+    return {costs.cost_key(model, argmax_only): table for argmax_only in (False, True)}
+
+
 def flat(ms: float = 100.0) -> costs.ForwardCosts:
     """Every size costs the same (a GPU-like curve)."""
     return costs.ForwardCosts({n: ms for n in costs.SIZES}, {n: ms / 100 for n in costs.SIZES})
@@ -146,7 +151,7 @@ def test_the_curve_is_measured_once_per_machine_and_model(monkeypatch):
         assert set(curve) == set(costs.SIZES) and all(ms > 0 for ms in curve.values())
         assert list(curve.values()) == sorted(curve.values())
     monkeypatch.setattr(costs, "_costs", {})  # a new process: the cache file answers
-    monkeypatch.setattr(costs, "measure_forward_costs", lambda model: pytest.fail("measured again"))
+    monkeypatch.setattr(costs, "measure_forward_costs", lambda model, **_: pytest.fail("measured again"))
     assert costs.forward_costs(model) == table
     monkeypatch.undo()
     fast = weights_copy(model, "fp16-weights")  # another weight format is another curve
@@ -160,7 +165,7 @@ def test_verify_takes_the_length_the_costs_pay_for_and_stays_lossless(monkeypatc
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=48)
     longest = {}
     for shape, table in (("flat", flat()), ("steep", steep())):
-        monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): table})
+        monkeypatch.setattr(costs, "_costs", pinned(model, table))
         tokens, stats = generate(model, ids, mode="verify", max_new_tokens=48, drafter="lookup")
         assert tokens == reference, shape  # across Gemma 3's sliding window (tiny-gemma3: 32 tokens)
         longest[shape] = max(itertools.chain(stats.offered, [0]))
@@ -177,7 +182,7 @@ def test_tree_steps_verify_the_copy_and_the_head_together_and_stay_greedy(monkey
     model, tokenizer = load_model(name)
     ids = torch.tensor([tokenizer("one two three four five six seven eight " * 3).input_ids])
     head = weak_head(model, "cp", horizon=4)
-    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): flat()})
+    monkeypatch.setattr(costs, "_costs", pinned(model, flat()))
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=60)
     tokens, stats = generate(model, ids, mode="verify", head=head, max_new_tokens=60, drafter="hybrid")
     assert tokens == reference
@@ -194,7 +199,7 @@ def test_the_heads_next_best_drafts_join_the_tree_and_stay_greedy(monkeypatch, n
 
     model, tokenizer = load_model(name)
     ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.").input_ids])
-    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): flat()})
+    monkeypatch.setattr(costs, "_costs", pinned(model, flat()))
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=48)
     flat_head = weak_head(model, "cp", horizon=4)
     tokens, stats = generate(model, ids, mode="verify", head=flat_head, max_new_tokens=48, drafter="head")
@@ -243,7 +248,7 @@ def test_hybrid_verify_with_a_useless_head_takes_plain_steps_and_stays_greedy(mo
 
     model, tokenizer = load_model("tiny-llama")
     ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog.").input_ids])
-    monkeypatch.setattr(costs, "_costs", {costs.cost_key(model): steep()})
+    monkeypatch.setattr(costs, "_costs", pinned(model, steep()))
     reference, _ = generate(model, ids, mode="ar", max_new_tokens=40)
     tokens, stats = generate(model, ids, mode="verify", head=weak_head(model, "cp", horizon=4), max_new_tokens=40,
                              drafter="hybrid")

@@ -168,7 +168,7 @@ def test_token_trees_on_gemma_cross_its_sliding_window_greedily(gemma_dir, monke
     head = build_head("cp", hidden_size=640, vocab_size=weight.shape[0], rank=2, horizon=4, draft_vocab=vocab,
                       lm_head_weight=weight).eval()
     for weights in (model, weights_copy(model, "fp16-weights")):
-        monkeypatch.setattr(costs, "_costs", {costs.cost_key(weights): flat()})
+        monkeypatch.setattr(costs, "_costs", {costs.cost_key(weights, only): flat() for only in (False, True)})
         reference, _ = generate(weights, ids, mode="ar", max_new_tokens=48)
         for drafter in ("head", "hybrid"):
             tokens, stats = generate(weights, ids, mode="verify", head=head, max_new_tokens=48, drafter=drafter)

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from tjdkit.kernels import chosen_kernel
+from tjdkit.kernels.argmax import chosen as chosen_argmax
 from tjdkit.models.quantize import weight_format
 
 
@@ -109,6 +110,8 @@ def environment(model) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "output_layer_kernel": chosen_kernel(model.get_output_embeddings()),  # measured on this machine
+        # tjdkit's greedy modes: "screen" when their argmax goes through the int8 screen (transformers' never do)
+        "greedy_argmax": chosen_argmax(model.get_output_embeddings()),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -29,6 +29,7 @@ from tjdkit.kernels.store import machine_key, read_store, write_store
 STORE = "forward_costs.json"
 SIZES = (1, 2, 4, 8, 12, 16, 24, 32)  # tokens (or output rows) measured; others are interpolated
 CONTEXT = 64  # tokens already in the cache when a cost is measured
+PATTERN = 16  # the context repeats this many random tokens
 LARGEST = 64  # tokens a step feeds at most: a tree of the root, a copy of 31 and the head's branches
 CHUNK_WIDTHS = (1, 2, 4, 8, 16, 32)  # first output chunks tried; later chunks double
 
@@ -72,41 +73,57 @@ class ForwardCosts:
         return cls(**parts)
 
 
-def cost_key(model) -> str:
-    """A curve holds for the machine, the model's shape, its weight format and the device."""
+def cost_key(model, argmax_only: bool = False) -> str:
+    """A curve holds for the machine, the model's shape, its weight format and the device, and for
+    whether a step reads the logits or only their argmax (which may take the int8 screen)."""
     config = model.config.get_text_config()
     parameter = next(model.parameters())
     shape = "x".join(str(getattr(config, name, "?")) for name in ("num_hidden_layers", "hidden_size", "vocab_size"))
     weights = getattr(model, "tjdkit_weights", None) or str(parameter.dtype)  # set by tjdkit.models.quantize
-    return "|".join([machine_key(), type(model).__name__, shape, weights, str(parameter.device)])
+    parts = [machine_key(), type(model).__name__, shape, weights, str(parameter.device)]
+    return "|".join(parts + (["argmax"] if argmax_only and _screened(model) else []))
 
 
-def forward_costs(model) -> ForwardCosts:
-    """The model's cost curves: remembered, read from the cache, or measured now."""
-    key = cost_key(model)
+def _screened(model) -> bool:
+    """Whether the model's greedy tokens come through the int8 screen on this machine."""
+    from tjdkit.decoding.forward import soft_cap_value
+    from tjdkit.kernels.argmax import uses_screen
+
+    probe = torch.zeros(0, device=next(model.parameters()).device)  # uses_screen reads only its device
+    return not soft_cap_value(model) and uses_screen(model.get_output_embeddings(), probe)
+
+
+def forward_costs(model, argmax_only: bool = False) -> ForwardCosts:
+    """The model's cost curves: remembered, read from the cache, or measured now. argmax_only: the
+    output curve of a step that reads only each row's argmax (greedy without a penalty)."""
+    key = cost_key(model, argmax_only)
     if key not in _costs:
         costs = ForwardCosts.from_dict(read_store(STORE).get(key))
         if costs is None:
-            costs = measure_forward_costs(model)
+            costs = measure_forward_costs(model, argmax_only=argmax_only)
             write_store(STORE, key, costs.to_dict())
         _costs[key] = costs
     return _costs[key]
 
 
 @torch.inference_mode()
-def measure_forward_costs(model, repeats: int = 3) -> ForwardCosts:
+def measure_forward_costs(model, repeats: int = 3, argmax_only: bool = False) -> ForwardCosts:
     """The fastest of `repeats` KV-cached forwards of n tokens after CONTEXT tokens (layers, then the
     output layer on the n rows), n in SIZES, made non-decreasing in n: a larger forward that timed
     faster shows that the smaller one was slowed down by something else on the machine."""
     from tjdkit.decoding.context import context_length
-    from tjdkit.decoding.forward import hidden_states, new_cache, output_logits
+    from tjdkit.decoding.forward import greedy_tokens, hidden_states, new_cache, output_logits
 
     device = next(model.parameters()).device
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
     context = min(CONTEXT, (context_length(model) or 4096) - max(SIZES))
+    # random tokens repeated: the layers cost the same on any tokens, and the copy makes the model as
+    # sure of its next token as in real decoding, where the argmax screen rarely has a near-tie to
+    # settle (on random tokens every row would be near-flat and cost a whole output row)
+    cycle = torch.randint(vocab, (PATTERN,), generator=generator).repeat(context // PATTERN + max(SIZES) // PATTERN + 2)
     cache = new_cache(model)
-    hidden_states(model, torch.randint(vocab, (1, context), generator=generator).to(device), cache)
+    hidden_states(model, cycle[None, :context].to(device), cache)
     if hasattr(cache, "activate_past_recording"):
         cache.activate_past_recording()
 
@@ -118,11 +135,11 @@ def measure_forward_costs(model, repeats: int = 3) -> ForwardCosts:
     times: dict[str, dict[int, list[float]]] = {"layers": {n: [] for n in SIZES}, "output": {n: [] for n in SIZES}}
     for round_ in range(repeats + 1):  # round 0 warms up
         for n in SIZES:
-            feed = torch.randint(vocab, (1, n), generator=generator).to(device)
+            feed = cycle[None, context : context + n].to(device)  # what the copy predicts next
             start = clock()
             hidden = hidden_states(model, feed, cache)
             middle = clock()
-            output_logits(model, hidden)
+            greedy_tokens(model, hidden) if argmax_only else output_logits(model, hidden)
             end = clock()
             if round_:
                 times["layers"][n].append(1000 * (middle - start))

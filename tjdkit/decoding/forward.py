@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tjdkit.kernels import output_layer
+from tjdkit.kernels.argmax import greedy_tokens as screened_argmax
 
 
 def new_cache(model):
@@ -80,6 +81,16 @@ def raw_logits(model, hidden: Tensor) -> Tensor:
     return output_layer(model.get_output_embeddings(), hidden).float()
 
 
+def greedy_tokens(model, hidden: Tensor) -> list[int]:
+    """hidden [n, D] (final normed states) -> the model's greedy token for each row, the argmax of
+    its logits: through the exact int8 screen where it measured faster on this machine
+    (tjdkit.kernels.argmax), so ar and verify share it. Soft-capped logits are computed whole
+    (tanh can round two of them to one value, and argmax then takes the first)."""
+    if soft_cap_value(model):
+        return output_logits(model, hidden).argmax(dim=-1).tolist()
+    return screened_argmax(model.get_output_embeddings(), hidden)
+
+
 def soft_cap(model, logits: Tensor) -> Tensor:
     """The model's own logit soft-capping (Gemma 2 style configs) applied to raw logits."""
     return apply_soft_cap(logits, soft_cap_value(model))
@@ -111,6 +122,7 @@ class LazyLogits:
     def __init__(self, model, hidden: Tensor, first: int = 1):
         self.model, self.hidden = model, hidden
         self.rows: dict[int, Tensor] = {}  # row -> logits [V]
+        self.tokens: dict[int, int] = {}  # row -> its argmax, where only that was asked (`token`)
         self.computed = 0  # rows computed so far
         self.next_size = max(first, 1)
 
@@ -119,14 +131,33 @@ class LazyLogits:
 
     def __getitem__(self, row: int) -> Tensor:
         """Row `row` [V], float32 (rows from the end count back, as in a tensor)."""
+        row = self._index(row)
+        if row not in self.rows:
+            end = self._chunk_end(row, self.rows)
+            block = output_logits(self.model, self.hidden[row:end])  # [end - row, V]
+            self.rows.update(zip(range(row, end), block))
+        return self.rows[row]
+
+    def token(self, row: int) -> int:
+        """Row `row`'s greedy token, its argmax (`greedy_tokens`: the screen where it pays), for
+        greedy decoding without a penalty, which reads nothing else. Chunked as rows are."""
+        row = self._index(row)
+        if row in self.rows:
+            return int(self.rows[row].argmax())
+        if row not in self.tokens:
+            end = self._chunk_end(row, self.tokens)
+            self.tokens.update(zip(range(row, end), greedy_tokens(self.model, self.hidden[row:end])))
+        return self.tokens[row]
+
+    def _index(self, row: int) -> int:
         row = row + len(self) if row < 0 else row
         if not 0 <= row < len(self):
             raise IndexError(row)
-        if row not in self.rows:
-            end = min(row + self.next_size, len(self))
-            end = min([end] + [done for done in self.rows if done > row])  # never a row twice
-            block = output_logits(self.model, self.hidden[row:end])  # [end - row, V]
-            self.rows.update(zip(range(row, end), block))
-            self.computed += end - row
-            self.next_size *= 2
-        return self.rows[row]
+        return row
+
+    def _chunk_end(self, row: int, done: dict) -> int:
+        """The end of the chunk starting at `row` (never a row twice); counts it as computed."""
+        end = min([row + self.next_size, len(self)] + [known for known in done if known > row])
+        self.computed += end - row
+        self.next_size *= 2
+        return end

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from tjdkit.decoding.context import check_prompt, fit_to_context
 from tjdkit.decoding.drafters import DRAFTERS
-from tjdkit.decoding.forward import new_cache, next_hidden, next_logits
+from tjdkit.decoding.forward import greedy_tokens, new_cache, next_hidden, next_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 from tjdkit.decoding.stats import DecodeStats
 from tjdkit.decoding.verify import verify
@@ -136,7 +136,9 @@ def _one_model_forward_per_step(model, head, ids, mode, max_new_tokens, eos, sam
     out: list[int] = []
     feed = ids
     while True:
-        if mode == "ar":
+        if mode == "ar" and sampling.argmax_only:  # only the argmax is read: the screen where it pays
+            chunk = greedy_tokens(model, next_hidden(model, feed, cache))
+        elif mode == "ar":
             logits = next_logits(model, feed, cache)  # [V]
             chunk = [sampling.pick(sampling.penalise(logits, penalty_context(ids, out)), generator)]
         else:

@@ -29,6 +29,11 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def argmax_only(self) -> bool:
+        """Greedy without a penalty: a token is the argmax of the raw logits, and nothing else of them is read."""
+        return self.greedy and self.repetition_penalty == 1.0
+
     def penalise(self, logits: Tensor, context: Tensor) -> Tensor:
         """logits [V], context [n] token ids seen so far -> logits with seen tokens made less likely."""
         if self.repetition_penalty == 1.0 or context.numel() == 0:

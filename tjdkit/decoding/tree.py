@@ -144,8 +144,10 @@ def verify_tree(model, cache, tree: TokenTree, first_chunk: int, ids: Tensor, ou
     logits = LazyLogits(model, hidden, first_chunk)
     path, new = [0], []
     while True:
-        row = sampling.penalise(logits[path[-1]], penalty_context(ids, out + new))
-        token = int(row.argmax())
+        if sampling.argmax_only:  # only the argmax is read: the screen where it pays
+            token = logits.token(path[-1])
+        else:
+            token = int(sampling.penalise(logits[path[-1]], penalty_context(ids, out + new)).argmax())
         new.append(token)
         child: Optional[int] = tree.children[path[-1]].get(token)
         if child is None:  # the model's own token: not in the tree, so it ends the step

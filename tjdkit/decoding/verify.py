@@ -44,7 +44,7 @@ from tjdkit.decoding.costs import (
     forward_costs,
 )
 from tjdkit.decoding.drafters import MAX_LOOKUP_TOKENS, VERIFY_NGRAM, TailIndex
-from tjdkit.decoding.forward import LazyLogits, hidden_states, new_cache, next_hidden, output_logits
+from tjdkit.decoding.forward import LazyLogits, greedy_tokens, hidden_states, new_cache, next_hidden, output_logits
 from tjdkit.decoding.sampling import Sampling, penalty_context
 from tjdkit.decoding.tree import TokenTree, branch_match, tree_supported, verify_tree
 
@@ -61,7 +61,7 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     cache = new_cache(model)
     head_usable = drafter != "lookup" and head is not None and head.horizon > 1
     tree_ok = sampling.greedy and tree_supported(model, cache)  # several branches in one forward (greedy)
-    costs = forward_costs(model) if drafter != "head" or tree_ok else None  # ms of the layers and the output layer
+    costs = forward_costs(model, sampling.argmax_only) if drafter != "head" or tree_ok else None  # ms of the layers and the output layer
     # how far lookup's copies hold up in this generation, by draft position, apart for 1-token and longer matches
     lookup_rates = {1: AcceptanceProfile(), 2: AcceptanceProfile()}  # 1-token matches; 2 or more (one profile learns faster)
     lookup_rate = lookup_rates[2]
@@ -69,10 +69,12 @@ def verify(model, head, ids, max_new_tokens, eos, sampling, generator, stats, em
     alternative_tries = [[0, 0] for _ in range(MAX_ALTERNATIVES)]  # the head's k-th next-best: [held, tried]
     draft_ms = 0.0  # the head's drafting time for one row, as timed in this generation: each alternative adds one
     state = next_hidden(model, ids, cache)  # the prefill: [1, D], the hidden state that predicts `token`
-    logits = output_logits(model, state)  # [1, V]
     stats.forwards += 1
     cache.activate_past_recording()  # after the prefill: sliding-window layers keep what a rollback needs
-    token = sampling.pick(sampling.penalise(logits[-1], ids[0]), generator)  # the first new token, the model's own
+    if sampling.argmax_only:
+        token = greedy_tokens(model, state)[0]  # the first new token, the model's own
+    else:
+        token = sampling.pick(sampling.penalise(output_logits(model, state)[-1], ids[0]), generator)
     out = [token]
     seen.extend(out)
     emit([token])
@@ -231,6 +233,14 @@ def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: li
     logits [1 + n, V]: row j predicts the token after the j-th fed token. q: the head's
     conditionals [n, V] (sampling), None for a copy (a point mass)."""
     new: list[int] = []
+    if sampling.argmax_only:  # greedy, no penalty: only each row's argmax is read (LazyLogits.token)
+        for j, draft in enumerate(drafts):
+            if logits.token(j) != draft:
+                break
+            new.append(draft)
+            if draft in eos:
+                return new, len(new)
+        return new + [logits.token(len(new))], len(new)
     for j, draft in enumerate(drafts):
         row = sampling.penalise(logits[j], penalty_context(ids, out + new))
         if sampling.greedy:

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from tjdkit.kernels.store import machine_key, read_store, write_store
+from tjdkit.kernels.store import machine_key, remembered_choice
 
 KERNELS = ("linear", "matmul")
 MAX_ROWS = 32  # more rows than this: nn.Linear (a real GEMM either way)
@@ -97,13 +97,7 @@ def choose_kernel(layer: torch.nn.Linear) -> str:
         return _forced()
     key = kernel_key(layer)
     if key not in _chosen:
-        stored = read_store(STORE).get(key, {})
-        if isinstance(stored, dict) and stored.get("kernel") in KERNELS:
-            _chosen[key] = stored["kernel"]
-        else:
-            milliseconds = measure_kernels(layer)
-            _chosen[key] = min(KERNELS, key=lambda kernel: milliseconds[kernel])
-            write_store(STORE, key, {"kernel": _chosen[key], "ms": milliseconds, "rows": list(MEASURED_ROWS)})
+        _chosen[key] = remembered_choice(STORE, key, KERNELS, lambda: measure_kernels(layer), MEASURED_ROWS)
     return _chosen[key]
 
 
