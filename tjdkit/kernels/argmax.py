@@ -16,7 +16,8 @@ exact logits come from the layer's own weight, and the highest of them (the firs
 computed whole. No approximation: the result is the layer's argmax up to float rounding, the same
 tolerance as choosing between two float kernels. Where it pays is measured on the machine at hand
 (once, cached in `<cache>/kernels.json`); `TJDKIT_ARGMAX=screen|full` forces it. The int8 copy
-costs a quarter of the float32 weight's memory (168 MB for Gemma 3), built on first use (~3 s).
+costs a quarter of the float32 weight's memory (168 MB for Gemma 3; an fp16-weights layer also keeps
+its weight in float16, 335 MB, to gather exact rows from), built on first use (~3 s).
 
 Sampling, a repetition penalty and soft-capped logits need the logits themselves and never come here.
 """
