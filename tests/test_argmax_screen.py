@@ -143,3 +143,19 @@ def test_greedy_decoding_through_the_screen_is_unchanged(monkeypatch, name, weig
     hidden = torch.randn(5, layer.in_features) * 10
     with torch.no_grad():
         assert greedy_tokens(layer, hidden) == output_layer(layer, hidden).argmax(dim=-1).tolist()
+
+
+def test_greedy_cost_curves_are_measured_through_the_screen_and_kept_apart(monkeypatch):
+    from tjdkit.decoding import costs
+
+    model, _ = load_model("tiny-llama")
+    monkeypatch.setattr(costs, "_costs", {})
+    monkeypatch.setenv("TJDKIT_ARGMAX", "full")
+    assert costs.cost_key(model, True) == costs.cost_key(model)  # no screen: one curve serves both
+    monkeypatch.setenv("TJDKIT_ARGMAX", "screen")
+    assert costs.cost_key(model, True) == costs.cost_key(model) + "|argmax"
+    calls = []
+    real = screen_module.ArgmaxScreen.argmax
+    monkeypatch.setattr(screen_module.ArgmaxScreen, "argmax", lambda self, *a: calls.append(1) or real(self, *a))
+    table = costs.measure_forward_costs(model, repeats=1, argmax_only=True)
+    assert calls and set(table.output) == set(costs.SIZES) and all(ms > 0 for ms in table.output.values())
