@@ -12,7 +12,7 @@ from tjdkit.kernels.argmax import ArgmaxScreen, greedy_tokens, screen_for, uses_
 from tjdkit.models import load_model
 from tjdkit.models.quantize import fp16_linear, weights_copy
 
-pytestmark = pytest.mark.skipif(not screen_module.available(), reason="torch has no oneDNN int8 GEMM here")
+needs_onednn = pytest.mark.skipif(not screen_module.available(), reason="torch has no oneDNN int8 GEMM here")
 
 
 def random_layer(vocab=3000, width=96, bias=False, seed=0) -> torch.nn.Linear:
@@ -28,6 +28,15 @@ def truth(layer, hidden) -> list[int]:
         return layer(hidden).argmax(dim=-1).tolist()
 
 
+@pytest.fixture
+def unchosen(monkeypatch, tmp_path) -> torch.nn.Linear:
+    """A large enough layer, no choice made for it yet in this process or the (empty) cache."""
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("TJDKIT_ARGMAX", raising=False)
+    monkeypatch.setattr(screen_module, "_chosen", {})
+    return random_layer(vocab=8192, width=64)
+
+
 def rows(layer, count=24, seed=1) -> torch.Tensor:
     """Peaked rows (a token's own weight row, scaled), flat rows (noise) and their mixtures."""
     generator = torch.Generator().manual_seed(seed)
@@ -37,6 +46,7 @@ def rows(layer, count=24, seed=1) -> torch.Tensor:
     return own + noise
 
 
+@needs_onednn
 @pytest.mark.parametrize("bias", [False, True])
 def test_the_screened_argmax_is_the_full_argmax(bias):
     layer = random_layer(bias=bias)
@@ -44,6 +54,7 @@ def test_the_screened_argmax_is_the_full_argmax(bias):
     assert ArgmaxScreen(layer.weight, layer.bias).argmax(hidden, layer) == truth(layer, hidden)
 
 
+@needs_onednn
 def test_every_exact_logit_lies_within_its_bound():
     """The screen's inequality itself, token by token: |exact - int8 score| <= the bound it uses."""
     layer = random_layer(vocab=2000)
@@ -57,6 +68,7 @@ def test_every_exact_logit_lies_within_its_bound():
     assert (bound < truth_logits.std(dim=1, keepdim=True)).all()  # and tight enough to screen anything
 
 
+@needs_onednn
 def test_ties_go_to_the_first_token_as_in_torch():
     layer = random_layer(vocab=1000)
     with torch.no_grad():
@@ -66,12 +78,14 @@ def test_ties_go_to_the_first_token_as_in_torch():
     assert ArgmaxScreen(layer.weight).argmax(hidden, layer) == [300, 300, 300] == truth(layer, hidden)
 
 
+@needs_onednn
 def test_a_flat_row_and_a_zero_row_are_computed_whole():
     layer = random_layer(vocab=1000)
     hidden = torch.stack([torch.zeros(96), torch.full((96,), 1e-4)])
     assert ArgmaxScreen(layer.weight).argmax(hidden, layer) == truth(layer, hidden)
 
 
+@needs_onednn
 def test_fp16_weights_are_screened_against_their_own_logits():
     layer = random_layer()
     fast = fp16_linear(layer)
@@ -82,6 +96,7 @@ def test_fp16_weights_are_screened_against_their_own_logits():
     assert screen_for(fast).exact.dtype == torch.float16
 
 
+@needs_onednn
 def test_a_cpu_whose_int8_gemm_saturates_gets_the_seven_bit_halves(monkeypatch):
     layer = random_layer()
     screen = ArgmaxScreen(layer.weight)
@@ -92,6 +107,7 @@ def test_a_cpu_whose_int8_gemm_saturates_gets_the_seven_bit_halves(monkeypatch):
     assert screen.argmax(hidden, layer) == truth(layer, hidden)
 
 
+@needs_onednn
 def test_a_weight_changed_in_place_rebuilds_the_screen():
     layer = random_layer(vocab=500)
     hidden = rows(layer, count=4)
@@ -102,21 +118,20 @@ def test_a_weight_changed_in_place_rebuilds_the_screen():
     assert screen_for(layer).argmax(hidden, layer) == truth(layer, hidden)
 
 
+@needs_onednn
 def test_the_environment_forces_either_path(monkeypatch):
     layer = random_layer()
     hidden = rows(layer, count=2)
     monkeypatch.setenv("TJDKIT_ARGMAX", "full")
-    assert not uses_screen(layer, hidden) and greedy_tokens(layer, hidden) == truth(layer, hidden)
+    assert not uses_screen(layer, hidden.device) and greedy_tokens(layer, hidden) == truth(layer, hidden)
     monkeypatch.setenv("TJDKIT_ARGMAX", "screen")
-    assert uses_screen(layer, hidden) and greedy_tokens(layer, hidden) == truth(layer, hidden)
-    assert not uses_screen(layer.to(torch.bfloat16), hidden)  # a format it cannot screen
+    assert uses_screen(layer, hidden.device) and greedy_tokens(layer, hidden) == truth(layer, hidden)
+    assert not uses_screen(layer.to(torch.bfloat16), hidden.device)  # a format it cannot screen
 
 
-def test_the_choice_is_measured_once_per_machine(monkeypatch, tmp_path):
-    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
-    monkeypatch.delenv("TJDKIT_ARGMAX", raising=False)
-    monkeypatch.setattr(screen_module, "_chosen", {})
-    layer = random_layer(vocab=8192, width=64)
+@needs_onednn
+def test_the_choice_is_measured_once_per_machine(monkeypatch, unchosen):
+    layer = unchosen
     choice = screen_module.choose(layer)
     assert choice in screen_module.CHOICES
     monkeypatch.setattr(screen_module, "_chosen", {})  # a new process: the cache file answers
@@ -124,6 +139,7 @@ def test_the_choice_is_measured_once_per_machine(monkeypatch, tmp_path):
     assert screen_module.choose(layer) == choice == screen_module.chosen(layer)
 
 
+@needs_onednn
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
 @pytest.mark.parametrize("weights", ["float32", "fp16-weights"])
 def test_greedy_decoding_through_the_screen_is_unchanged(monkeypatch, name, weights):
@@ -145,6 +161,7 @@ def test_greedy_decoding_through_the_screen_is_unchanged(monkeypatch, name, weig
         assert greedy_tokens(layer, hidden) == output_layer(layer, hidden).argmax(dim=-1).tolist()
 
 
+@needs_onednn
 def test_greedy_cost_curves_are_measured_through_the_screen_and_kept_apart(monkeypatch):
     from tjdkit.decoding import costs
 
@@ -159,3 +176,28 @@ def test_greedy_cost_curves_are_measured_through_the_screen_and_kept_apart(monke
     monkeypatch.setattr(screen_module.ArgmaxScreen, "argmax", lambda self, *a: calls.append(1) or real(self, *a))
     table = costs.measure_forward_costs(model, repeats=1, argmax_only=True)
     assert calls and set(table.output) == set(costs.SIZES) and all(ms > 0 for ms in table.output.values())
+
+
+def test_a_torch_without_onednn_int8_decodes_through_the_full_layer(monkeypatch, tmp_path):
+    """What `available` answers when the op is missing, and what greedy decoding does then."""
+    def missing():
+        raise AttributeError("'_OpNamespace' 'onednn' object has no attribute 'qlinear_prepack'")
+
+    monkeypatch.setattr(screen_module, "_signed_activations_exact", missing)
+    assert screen_module.available.__wrapped__() is False
+    monkeypatch.setattr(screen_module, "available", lambda: False)
+    monkeypatch.setattr(screen_module, "_chosen", {})
+    monkeypatch.setenv("TJDKIT_ARGMAX", "screen")
+    layer = random_layer(vocab=8192, width=64)
+    hidden = rows(layer, count=3)
+    assert not uses_screen(layer, hidden.device) and greedy_tokens(layer, hidden) == truth(layer, hidden)
+    monkeypatch.delenv("TJDKIT_ARGMAX")
+    monkeypatch.setenv("TJDKIT_CACHE", str(tmp_path))
+    assert screen_module.choose(layer) == "full" and not uses_screen(layer, hidden.device)
+
+
+@needs_onednn
+def test_a_screen_measured_slower_is_not_kept(monkeypatch, unchosen):
+    layer = unchosen
+    monkeypatch.setattr(screen_module, "measure", lambda layer: screen_for(layer) and {"screen": 2.0, "full": 1.0})
+    assert screen_module.choose(layer) == "full" and layer not in screen_module._screens

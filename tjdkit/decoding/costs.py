@@ -76,21 +76,14 @@ class ForwardCosts:
 def cost_key(model, argmax_only: bool = False) -> str:
     """A curve holds for the machine, the model's shape, its weight format and the device, and for
     whether a step reads the logits or only their argmax (which may take the int8 screen)."""
+    from tjdkit.decoding.forward import screens_argmax
+
     config = model.config.get_text_config()
     parameter = next(model.parameters())
     shape = "x".join(str(getattr(config, name, "?")) for name in ("num_hidden_layers", "hidden_size", "vocab_size"))
     weights = getattr(model, "tjdkit_weights", None) or str(parameter.dtype)  # set by tjdkit.models.quantize
     parts = [machine_key(), type(model).__name__, shape, weights, str(parameter.device)]
-    return "|".join(parts + (["argmax"] if argmax_only and _screened(model) else []))
-
-
-def _screened(model) -> bool:
-    """Whether the model's greedy tokens come through the int8 screen on this machine."""
-    from tjdkit.decoding.forward import soft_cap_value
-    from tjdkit.kernels.argmax import uses_screen
-
-    probe = torch.zeros(0, device=next(model.parameters()).device)  # uses_screen reads only its device
-    return not soft_cap_value(model) and uses_screen(model.get_output_embeddings(), probe)
+    return "|".join(parts + (["argmax"] if argmax_only and screens_argmax(model) else []))
 
 
 def forward_costs(model, argmax_only: bool = False) -> ForwardCosts:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from tjdkit.kernels import output_layer
 from tjdkit.kernels.argmax import greedy_tokens as screened_argmax
+from tjdkit.kernels.argmax import uses_screen
 
 
 def new_cache(model):
@@ -89,6 +90,12 @@ def greedy_tokens(model, hidden: Tensor) -> list[int]:
     if soft_cap_value(model):
         return output_logits(model, hidden).argmax(dim=-1).tolist()
     return screened_argmax(model.get_output_embeddings(), hidden)
+
+
+def screens_argmax(model) -> bool:
+    """Whether `greedy_tokens` takes the int8 screen for this model on this machine."""
+    device = next(model.parameters()).device
+    return not soft_cap_value(model) and uses_screen(model.get_output_embeddings(), device)
 
 
 def soft_cap(model, logits: Tensor) -> Tensor:

@@ -233,29 +233,28 @@ def _accept(logits: Tensor, drafts: list[int], q: Optional[Tensor], ids, out: li
     logits [1 + n, V]: row j predicts the token after the j-th fed token. q: the head's
     conditionals [n, V] (sampling), None for a copy (a point mass)."""
     new: list[int] = []
-    if sampling.argmax_only:  # greedy, no penalty: only each row's argmax is read (LazyLogits.token)
-        for j, draft in enumerate(drafts):
-            if logits.token(j) != draft:
-                break
-            new.append(draft)
-            if draft in eos:
-                return new, len(new)
-        return new + [logits.token(len(new))], len(new)
     for j, draft in enumerate(drafts):
-        row = sampling.penalise(logits[j], penalty_context(ids, out + new))
-        if sampling.greedy:
-            ok = int(row.argmax()) == draft
+        if sampling.argmax_only:  # greedy, no penalty: only the row's argmax is read (LazyLogits.token)
+            ok = logits.token(j) == draft
         else:
-            u = float(torch.rand((), generator=generator))
-            q_draft = float(q[j, draft]) if q is not None else 1.0  # a lookup draft: q is a point mass on it
-            ok = u * q_draft < float(sampling.probs(row)[draft])  # u < min(1, p/q)
+            row = sampling.penalise(logits[j], penalty_context(ids, out + new))
+            if sampling.greedy:
+                ok = int(row.argmax()) == draft
+            else:
+                u = float(torch.rand((), generator=generator))
+                q_draft = float(q[j, draft]) if q is not None else 1.0  # a lookup draft: q is a point mass on it
+                ok = u * q_draft < float(sampling.probs(row)[draft])  # u < min(1, p/q)
         if not ok:
             break
         new.append(draft)
         if draft in eos:
             break
     accepted = len(new)
-    if not (new and new[-1] in eos):
+    if new and new[-1] in eos:
+        return new, accepted
+    if sampling.argmax_only:
+        new.append(logits.token(accepted))
+    else:
         row = sampling.penalise(logits[accepted], penalty_context(ids, out + new))
         rejected_q = None
         if accepted < len(drafts):  # the draft at `accepted` was rejected: resample from the residual

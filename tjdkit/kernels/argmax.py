@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
-import time
 import weakref
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from tjdkit.kernels.linear import output_layer
+from tjdkit.kernels.linear import interleaved_ms, output_layer
 from tjdkit.kernels.store import machine_key, remembered_choice
 
 STORE = "kernels.json"
@@ -200,10 +198,10 @@ def _forced() -> Optional[str]:
     return forced if forced in CHOICES else None
 
 
-def uses_screen(layer: torch.nn.Module, hidden: Tensor) -> bool:
-    """Whether greedy argmaxes of `layer` on these rows go through the screen: a CPU layer it can
+def uses_screen(layer: torch.nn.Module, device: torch.device) -> bool:
+    """Whether greedy argmaxes of `layer` on `device` go through the screen: a CPU layer it can
     screen, a large vocabulary, measured faster here (or forced)."""
-    if hidden.device.type != "cpu" or layer_kind(layer) is None:
+    if device.type != "cpu" or layer_kind(layer) is None:
         return False
     if _forced():
         return _forced() == "screen" and available()
@@ -212,7 +210,7 @@ def uses_screen(layer: torch.nn.Module, hidden: Tensor) -> bool:
 
 def greedy_tokens(layer: torch.nn.Module, hidden: Tensor) -> list[int]:
     """hidden [n, D] -> the argmax token of each row of layer(hidden), by the faster exact path."""
-    if uses_screen(layer, hidden):
+    if uses_screen(layer, hidden.device):
         return screen_for(layer).argmax(hidden, layer)
     return output_layer(layer, hidden).argmax(dim=-1).tolist()
 
@@ -223,6 +221,8 @@ def choose(layer: torch.nn.Module) -> str:
     if key not in _chosen:
         _chosen[key] = remembered_choice(STORE, key, CHOICES, lambda: measure(layer) if available() else {"full": 0.0},
                                          MEASURED_ROWS)
+        if _chosen[key] == "full":
+            _screens.pop(layer, None)  # built to be measured, slower here: not kept in memory
     return _chosen[key]
 
 
@@ -240,28 +240,15 @@ def _key(layer) -> str:
 
 @torch.inference_mode()
 def measure(layer: torch.nn.Module, repeats: int = 3) -> dict[str, float]:
-    """Milliseconds per path, summed over MEASURED_ROWS (medians of interleaved calls), on rows
-    shaped like a confident decoding step: each a token's own weight row, so one token clearly
-    leads. What a near-tie adds (its few exact rows, or a whole row) is rare and not counted."""
+    """Milliseconds per path (`interleaved_ms`, MEASURED_ROWS rows) on rows shaped like a confident
+    decoding step: each a token's own weight row, so one token clearly leads. What a near-tie adds
+    (its few exact rows, or a whole row) is rare and not counted."""
     screen = screen_for(layer)
-    weight = screen.exact
     generator = torch.Generator().manual_seed(0)
+    inputs = [screen.exact.index_select(0, torch.randint(screen.vocab, (rows,), generator=generator)).float() * 100.0
+              for rows in MEASURED_ROWS]  # [rows, D] each
     paths = {
         "screen": lambda hidden: screen.argmax(hidden, layer),
         "full": lambda hidden: output_layer(layer, hidden).argmax(dim=-1).tolist(),
     }
-    total = {path: 0.0 for path in paths}
-    for rows in MEASURED_ROWS:
-        picks = torch.randint(weight.shape[0], (rows,), generator=generator)
-        hidden = weight.index_select(0, picks).float() * 100.0  # [rows, D]
-        for path in paths.values():  # warm-up
-            path(hidden)
-        times: dict[str, list[float]] = {path: [] for path in paths}
-        for _ in range(repeats):
-            for name, path in paths.items():
-                start = time.perf_counter()
-                path(hidden)
-                times[name].append(time.perf_counter() - start)
-        for name in paths:
-            total[name] += 1000 * statistics.median(times[name])
-    return total
+    return interleaved_ms(paths, inputs, repeats)

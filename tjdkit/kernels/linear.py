@@ -118,21 +118,27 @@ def kernel_key(layer: torch.nn.Linear) -> str:
 
 @torch.inference_mode()
 def measure_kernels(layer: torch.nn.Linear, repeats: int = 3) -> dict[str, float]:
-    """Milliseconds per kernel: the sum over MEASURED_ROWS of the median of `repeats` timed calls,
-    the kernels interleaved so that drift in machine speed falls on both."""
-    kernels = {"linear": _linear, "matmul": _matmul}
-    total = {kernel: 0.0 for kernel in KERNELS}
+    """Milliseconds per kernel on random rows (`interleaved_ms`)."""
     generator = torch.Generator().manual_seed(0)
-    for rows in MEASURED_ROWS:
-        hidden = torch.randn(rows, layer.weight.shape[1], generator=generator)
-        for kernel in KERNELS:  # warm-up
-            kernels[kernel](layer, hidden)
-        times: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
+    inputs = [torch.randn(rows, layer.weight.shape[1], generator=generator) for rows in MEASURED_ROWS]
+    kernels = {"linear": _linear, "matmul": _matmul}
+    return interleaved_ms({kernel: (lambda hidden, run=run: run(layer, hidden)) for kernel, run in kernels.items()},
+                          inputs, repeats)
+
+
+def interleaved_ms(paths: dict, inputs: list, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per path: the sum over `inputs` of the median of `repeats` timed calls after a
+    warm-up, the paths interleaved so that drift in machine speed falls on all of them."""
+    total = {name: 0.0 for name in paths}
+    for hidden in inputs:
+        for path in paths.values():  # warm-up
+            path(hidden)
+        times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(repeats):
-            for kernel in KERNELS:
+            for name, path in paths.items():
                 start = time.perf_counter()
-                kernels[kernel](layer, hidden)
-                times[kernel].append(time.perf_counter() - start)
-        for kernel in KERNELS:
-            total[kernel] += 1000 * statistics.median(times[kernel])
+                path(hidden)
+                times[name].append(time.perf_counter() - start)
+        for name in paths:
+            total[name] += 1000 * statistics.median(times[name])
     return total
