@@ -9,18 +9,22 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from tjdkit.decoding.kv_buffers import BufferedLayer, BufferedSlidingWindowLayer, buffered_layers
 from tjdkit.kernels import output_layer
 from tjdkit.kernels.argmax import greedy_tokens as screened_argmax
 from tjdkit.kernels.argmax import uses_screen
 
 
 def new_cache(model):
-    """An empty DynamicCache shaped by the config, so sliding-window layers (Gemma 3) keep only their window."""
+    """An empty DynamicCache shaped by the config, so sliding-window layers (Gemma 3) keep only their
+    window, with layers that append in place (tjdkit.decoding.kv_buffers)."""
     if hasattr(model, "new_cache"):  # a model that brings its own cache (a custom TJD backbone: tjdkit.tjd)
         return model.new_cache()
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)
+    buffered_layers(cache)
+    return cache
 
 
 def dynamic_layers_only(cache) -> bool:
@@ -28,8 +32,9 @@ def dynamic_layers_only(cache) -> bool:
     masks transformers builds and whose contents tjdkit may feed in pieces or rearrange."""
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+    own = (DynamicLayer, DynamicSlidingWindowLayer, BufferedLayer, BufferedSlidingWindowLayer)
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+    return bool(layers) and all(type(layer) in own for layer in layers)
 
 
 def prefill_chunk(model, cache) -> Optional[int]:

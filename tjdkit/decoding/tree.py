@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from tjdkit.decoding.forward import LazyLogits, dynamic_layers_only
+from tjdkit.decoding.kv_buffers import writable
 from tjdkit.decoding.sampling import Sampling, penalty_context
 
 MASKED_LAYERS = ("full_attention", "sliding_attention")  # layer types whose masks tjdkit can build
@@ -121,14 +122,24 @@ def compact_cache(cache, fed: int, keep: list[int]) -> None:
     for layer in cache.layers:
         if not layer.is_initialized or layer.keys.numel() == 0:
             continue
-        index = torch.tensor(keep, device=layer.keys.device) + (layer.keys.shape[-2] - fed)
-        layer.keys = torch.cat([layer.keys[..., : -fed, :], layer.keys.index_select(-2, index)], dim=-2)
-        layer.values = torch.cat([layer.values[..., : -fed, :], layer.values.index_select(-2, index)], dim=-2)
+        past = layer.keys.shape[-2] - fed
+        index = torch.tensor(keep, device=layer.keys.device) + past
+        layer.keys, layer.values = (_keep_rows(states, past, index) for states in (layer.keys, layer.values))
         if getattr(layer, "is_sliding", False):
             layer.cumulative_length += len(keep) - fed
             if layer.cumulative_length >= layer.sliding_window:
                 layer.keys = layer.keys[:, :, -layer.sliding_window + 1 :, :]
                 layer.values = layer.values[:, :, -layer.sliding_window + 1 :, :]
+
+
+def _keep_rows(states: Tensor, past: int, index: Tensor) -> Tensor:
+    """states [B, H, past + fed, D] -> the past, then the rows `index` of it. Written in place where
+    it may be, so a layer's states stay in its buffer (tjdkit.decoding.kv_buffers)."""
+    kept = states.index_select(-2, index)  # [B, H, len(index), D]
+    if not writable(states):
+        return torch.cat([states[..., :past, :], kept], dim=-2)
+    states[..., past : past + len(index), :] = kept
+    return states[..., : past + len(index), :]
 
 
 def verify_tree(model, cache, tree: TokenTree, first_chunk: int, ids: Tensor, out: list[int], eos,
