@@ -3,15 +3,13 @@
     python benchmarks/kv_buffers.py --formats float32,fp16-weights --contexts 300,1000,3000
 
 For each context, both caches are prefilled with the same random tokens, then one-token steps run
-interleaved (transformers', then tjdkit's) after a warm-up; the median of --steps is reported with the
-ratio, and whether the two caches gave bit-identical hidden states.
+interleaved (transformers', then tjdkit's) after a warm-up (`interleaved_ms`); the median of --steps is
+reported with the ratio, and whether the two caches gave bit-identical hidden states.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -27,6 +25,7 @@ def main() -> None:
     from transformers import DynamicCache
 
     from tjdkit.decoding.forward import new_cache, next_hidden
+    from tjdkit.kernels.linear import interleaved_ms
     from tjdkit.models import load_model
     from tjdkit.models.quantize import weights_copy
 
@@ -36,19 +35,16 @@ def main() -> None:
         for context in (int(c) for c in args.contexts.split(",")):
             prompt = torch.randint(0, 1000, (1, context), generator=torch.Generator().manual_seed(0))
             caches = {"transformers": DynamicCache(config=model.config), "tjdkit": new_cache(model)}
-            times: dict[str, list[float]] = {name: [] for name in caches}
             hidden = {}
-            token = torch.tensor([[5]])
+
+            def step(token, name):
+                hidden[name] = model.base_model(input_ids=token, cache=caches[name], use_cache=True).last_hidden_state
+
             with torch.inference_mode():
                 for cache in caches.values():
                     next_hidden(model, prompt, cache)
-                for step in range(args.steps + 5):
-                    for name, cache in caches.items():
-                        start = time.perf_counter()
-                        hidden[name] = model.base_model(input_ids=token, cache=cache, use_cache=True).last_hidden_state
-                        if step >= 5:  # the first steps warm up
-                            times[name].append(time.perf_counter() - start)
-            ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
+                paths = {name: (lambda token, name=name: step(token, name)) for name in caches}
+                ms = interleaved_ms(paths, [torch.tensor([[5]])], repeats=args.steps)
             print(f"{weights:>13} context {context:>5}: transformers {ms['transformers']:.2f} ms, "
                   f"tjdkit {ms['tjdkit']:.2f} ms, x{ms['transformers'] / ms['tjdkit']:.3f}, "
                   f"identical {torch.equal(hidden['transformers'], hidden['tjdkit'])}", flush=True)

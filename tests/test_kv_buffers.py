@@ -90,10 +90,10 @@ def test_tree_compaction_matches_transformers_layers():
     """compact_cache keeps some fed tree nodes: in place in a buffer, by concatenation elsewhere."""
     from transformers import DynamicCache
 
-    config = load_model("tiny-gemma3")[0].config  # one sliding layer (a window of 32), one full
+    model, _ = load_model("tiny-gemma3")  # one sliding layer (a window of 32), one full
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        caches = [DynamicCache(config=config), new_cache_for(config)]
+        caches = [DynamicCache(config=model.config), new_cache(model)]
         for cache in caches:
             cache.layers[0].activate_past_recording()
         for step in range(60):
@@ -107,15 +107,6 @@ def test_tree_compaction_matches_transformers_layers():
                 compact_cache(cache, fed, keep)
             for reference, buffered in zip(*(cache.layers for cache in caches)):
                 same(reference, buffered, (), ())
-
-
-def new_cache_for(config):
-    class Model:
-        pass
-
-    model = Model()
-    model.config = config
-    return new_cache(model)
 
 
 def test_updates_that_autograd_records_keep_their_graph():

@@ -21,7 +21,17 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 MIN_ROOM = 256  # tokens a new buffer holds at least
 
 
-class BufferedLayer(DynamicLayer):
+class _AppendsInPlace:
+    """What both layers share: each forward's keys and values written into the layer's buffers."""
+
+    def _appended(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor]:
+        """-> the cached keys and values with these appended: views into the buffers."""
+        self._key_buffer, keys = _with_room(getattr(self, "_key_buffer", None), self.keys, key_states)
+        self._value_buffer, values = _with_room(getattr(self, "_value_buffer", None), self.values, value_states)
+        return keys, values
+
+
+class BufferedLayer(_AppendsInPlace, DynamicLayer):
     """A full-attention layer: DynamicLayer with in-place appends."""
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -29,22 +39,14 @@ class BufferedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         if _needs_autograd(key_states, value_states):
             return super().update(key_states, value_states, *args, **kwargs)
-        self.keys = self._append("_key_buffer", self.keys, key_states)
-        self.values = self._append("_value_buffer", self.values, value_states)
+        self.keys, self.values = self._appended(key_states, value_states)
         return self.keys, self.values
 
-    def _append(self, name: str, states: Tensor, new: Tensor) -> Tensor:
-        buffer, states = _with_room(getattr(self, name, None), states, new)
-        setattr(self, name, buffer)
-        return states
 
-
-class BufferedSlidingWindowLayer(DynamicSlidingWindowLayer):
+class BufferedSlidingWindowLayer(_AppendsInPlace, DynamicSlidingWindowLayer):
     """A sliding-window layer: DynamicSlidingWindowLayer with in-place appends. The window slides
     through the buffer; when it reaches the end, what it holds moves to a new buffer (a copy of
     one window every window's worth of tokens, not of the window every token)."""
-
-    _append = BufferedLayer._append
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
@@ -52,9 +54,9 @@ class BufferedSlidingWindowLayer(DynamicSlidingWindowLayer):
         if _needs_autograd(key_states, value_states):
             return super().update(key_states, value_states, *args, **kwargs)
         self.cumulative_length += key_states.shape[-2]
-        full_keys = self._append("_key_buffer", self.keys, key_states)
-        full_values = self._append("_value_buffer", self.values, value_states)
-        if not self.record_past:  # as DynamicSlidingWindowLayer: keep the last window - 1, return all
+        full_keys, full_values = self._appended(key_states, value_states)
+        # what follows is DynamicSlidingWindowLayer.update's own trimming, on the views
+        if not self.record_past:  # keep the last window - 1, return all
             self.keys = full_keys[:, :, -self.sliding_window + 1 :, :]
             self.values = full_values[:, :, -self.sliding_window + 1 :, :]
             return full_keys, full_values
